@@ -1,0 +1,27 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Each builds the virtual
+# environment from this repo's files first (pyproject.toml + constraints.txt, the exact versions tested together).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-fast clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/spp-cls demo
+
+test: install
+	WANDB_MODE=offline $(BIN)/python -m pytest
+
+test-fast: install
+	WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow and not slurm"
+
+clean:
+	rm -rf $(VENV) runs demo
