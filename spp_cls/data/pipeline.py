@@ -1,0 +1,314 @@
+"""The streaming side of the data: JPEG decode, the paper's train crop, corrupt-sample accounting, and the per-worker
+sample streams over webdataset shards (train: endless, resampled, shuffled; eval: each image exactly once).
+
+Everything here works on uint8 tensors; normalisation, colour noise and resizing to the epoch's size happen on the
+device (see DESIGN.md). Only the ``jpg`` and ``cls`` members of a sample are ever read; nothing is unpickled, and the
+``json`` member is skipped at the tar level.
+
+Seeds (two-seed scheme): the shard order is a pure function of (seed, epoch), the same on every rank, and the
+global worker ``rank * workers + worker`` takes every ``world_size * workers``-th shard of it; the shuffle buffer
+and the crops use a generator seeded by (seed, epoch, rank, worker), so every worker of every rank sees other samples
+and a rerun with the same (seed, epoch) sees the same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any, Literal
+
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from spp_cls.data.views import CROP, five_positions
+
+# NOTE: torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call; the decoder
+# still works and is what this pipeline is measured with. Silence exactly that message, once, here.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+    category=DeprecationWarning,
+)
+
+log = logging.getLogger(__name__)
+
+TrainCrop = Literal["five", "random"]
+TRAIN_CROPS = ("five", "random")
+SAMPLE_MEMBERS = (".jpg", ".cls")
+
+
+class CorruptSample(ValueError):
+    """A sample that cannot be used: undecodable image, missing member, bad label, image too small."""
+
+
+class TooManyCorruptSamples(RuntimeError):
+    """Raised when the corrupt samples of a stream pass the allowed fraction."""
+
+
+def decode_rgb(jpeg: bytes) -> torch.Tensor:
+    """Decodes JPEG bytes to a uint8 (3, H, W) RGB tensor (grayscale and CMYK are converted)."""
+    try:
+        return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as exn:
+        raise CorruptSample(f"JPEG does not decode: {exn}") from exn
+
+
+def parse_label(cls_bytes: bytes, num_classes: int) -> int:
+    """Reads the ASCII class index of a ``cls`` member and checks it is in ``[0, num_classes)``."""
+    try:
+        label = int(cls_bytes)
+    except ValueError as exn:
+        raise CorruptSample(f"cls is not an integer: {cls_bytes[:20]!r}") from exn
+    if not 0 <= label < num_classes:
+        raise CorruptSample(f"cls {label} is outside [0, {num_classes})")
+    return label
+
+
+def read_sample(sample: dict[str, Any], num_classes: int) -> tuple[torch.Tensor, int]:
+    """The decoded image and label of a raw webdataset sample (only ``jpg`` and ``cls`` are read)."""
+    for member in ("jpg", "cls"):
+        if member not in sample:
+            raise CorruptSample(f"no '{member}' member")
+    return decode_rgb(sample["jpg"]), parse_label(sample["cls"], num_classes)
+
+
+def train_crop(image: torch.Tensor, rng: random.Random, mode: TrainCrop = "five", crop: int = CROP) -> torch.Tensor:
+    """The paper's training view of a (3, H, W) image already resized to shorter side 256.
+
+    A ``crop`` x ``crop`` window at one of five positions (the four corners and the center of the whole image) for
+    ``mode="five"``, or at a uniformly random position for ``mode="random"``, then a horizontal flip with p=0.5.
+    Pure indexing on uint8: the result may be a view of ``image``.
+    """
+    height, width = image.shape[-2:]
+    if width < crop or height < crop:
+        raise CorruptSample(f"image {width}x{height} is smaller than the {crop} crop")
+    if mode == "five":
+        x0, y0 = rng.choice(five_positions(width, height, crop))
+    elif mode == "random":
+        x0, y0 = rng.randint(0, width - crop), rng.randint(0, height - crop)
+    else:
+        raise ValueError(f"unknown train crop {mode!r}; known: {', '.join(TRAIN_CROPS)}")
+    window = image[:, y0 : y0 + crop, x0 : x0 + crop]
+    return window.flip(-1) if rng.random() < 0.5 else window
+
+
+class CorruptSampleBudget:
+    """Counts the samples of one stream and stops it when too many are corrupt.
+
+    A corrupt sample is logged (key, shard, reason) and skipped. The stream stops with :class:`TooManyCorruptSamples`
+    once ``corrupt > max_fraction * max(seen, min_samples)``: ``min_samples`` keeps one early bad sample from
+    stopping a run (with the defaults, one corrupt sample in the first 1,000 is tolerated); ``max_fraction=0``
+    makes any corrupt sample fatal.
+
+    NOTE: each DataLoader worker keeps its own budget, so the fraction is per worker stream, not global.
+    """
+
+    def __init__(self, max_fraction: float = 0.001, min_samples: int = 1000) -> None:
+        if not 0.0 <= max_fraction < 1.0:
+            raise ValueError(f"max_fraction must be in [0, 1), got {max_fraction}")
+        self.max_fraction = max_fraction
+        self.min_samples = min_samples
+        self.seen = 0
+        self.corrupt = 0
+
+    def record_good(self) -> None:
+        self.seen += 1
+
+    def record_corrupt(self, key: str, shard: str, reason: str) -> None:
+        """Logs one corrupt sample; raises :class:`TooManyCorruptSamples` past the allowed fraction."""
+        self.seen += 1
+        self.corrupt += 1
+        log.warning("corrupt sample %s in %s: %s (%d corrupt of %d seen)", key, shard, reason, self.corrupt, self.seen)
+        if self.corrupt > self.max_fraction * max(self.seen, self.min_samples):
+            raise TooManyCorruptSamples(
+                f"stopping: {self.corrupt} corrupt samples in {self.seen} seen, more than the allowed "
+                f"{self.max_fraction:.3%} (max_corrupt_fraction); the last: {key} in shard {shard}: {reason}. "
+                f"Check the shards with `spp-cls shards --verify ROOT`."
+            )
+
+    def on_read_error(self, exn: Exception) -> bool:
+        """webdataset handler for tar-level errors (unreadable or truncated shard): count, log, go on."""
+        shard = next((arg for arg in reversed(exn.args) if isinstance(arg, str) and arg.endswith(".tar")), "?")
+        self.record_corrupt("<tar read>", shard, f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}")
+        return True
+
+
+def derive_seed(*parts: object) -> int:
+    """A 64-bit seed from the parts, the same in every process (unlike ``hash``)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def shard_order(num_shards: int, seed: int, epoch: int) -> Iterator[int]:
+    """Endless shard indices for (seed, epoch): one random permutation after another (resampling that still visits
+    every shard equally often). The same sequence on every rank and worker."""
+    for round_index in range(2**62):
+        order = list(range(num_shards))
+        random.Random(derive_seed("shards", seed, epoch, round_index)).shuffle(order)
+        yield from order
+
+
+def worker_position() -> tuple[int, int]:
+    """(worker id, number of workers) of the calling DataLoader worker; (0, 1) in the main process."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def eval_shard_assignment(num_shards: int, world_size: int, workers: int) -> list[list[list[int]]]:
+    """``assignment[rank][worker]``: the shard indices each (rank, worker) reads in evaluation, each shard once.
+
+    Round-robin over the global workers ``rank * workers + worker`` (``workers`` = max(1, num_workers)).
+    """
+    slots = world_size * workers
+    if num_shards < slots:
+        raise ValueError(
+            f"{num_shards} evaluation shards cannot feed {world_size} ranks x {workers} loader workers "
+            f"({slots} streams): write the val split into at least {slots} shards (`spp-cls shards --shard-size`) "
+            f"or lower data.num_workers"
+        )
+    return [[list(range(rank * workers + worker, num_shards, slots)) for worker in range(workers)]
+            for rank in range(world_size)]
+
+
+def shuffled(samples: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
+    """Shuffles a stream through a buffer of ``buffer_size`` items (pass-through when it is 1 or less)."""
+    buffer: list[Any] = []
+    for sample in samples:
+        if len(buffer) < buffer_size:
+            buffer.append(sample)
+            continue
+        index = rng.randrange(buffer_size)
+        yield buffer[index]
+        buffer[index] = sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _is_sample_member(file_name: str) -> bool:
+    return file_name.endswith(SAMPLE_MEMBERS)
+
+
+def raw_samples(shard_paths: Iterable[str], budget: CorruptSampleBudget) -> Iterator[dict[str, Any]]:
+    """The raw samples (``__key__``, ``__url__``, ``jpg`` bytes, ``cls`` bytes) of the shards, in order."""
+    return wds.tarfile_to_samples(handler=budget.on_read_error, select_files=_is_sample_member)(
+        {"url": path} for path in shard_paths
+    )
+
+
+def collate_train(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*items)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def collate_eval(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images, labels = zip(*items)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), torch.ones(len(labels), dtype=torch.bool)
+
+
+class TrainStream(IterableDataset):
+    """Endless batches ``(uint8 [B, 3, 224, 224], int64 [B])`` of one rank for one epoch; each DataLoader worker
+    runs its own copy over its own share of the (seed, epoch) shard order. Only full batches are emitted.
+
+    The consumer decides the epoch length (``WebLoader.with_epoch``).
+    """
+
+    def __init__(
+            self,
+            shard_paths: list[str],
+            num_classes: int,
+            batch_size: int,
+            *,
+            rank: int,
+            world_size: int,
+            seed: int,
+            epoch: int,
+            crop_mode: TrainCrop = "five",
+            shuffle_buffer: int = 2000,
+            max_corrupt_fraction: float = 0.001,
+    ) -> None:
+        super().__init__()
+        if crop_mode not in TRAIN_CROPS:
+            raise ValueError(f"unknown train crop {crop_mode!r}; known: {', '.join(TRAIN_CROPS)}")
+        self.shard_paths = list(shard_paths)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.epoch = seed, epoch
+        self.crop_mode = crop_mode
+        self.shuffle_buffer = shuffle_buffer
+        self.max_corrupt_fraction = max_corrupt_fraction
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        worker, workers = worker_position()
+        stream_index, streams = self.rank * workers + worker, self.world_size * workers
+        rng = random.Random(derive_seed("samples", self.seed, self.epoch, self.rank, worker))
+        budget = CorruptSampleBudget(self.max_corrupt_fraction)
+        shards = (self.shard_paths[i] for i in islice(shard_order(len(self.shard_paths), self.seed, self.epoch),
+                                                      stream_index, None, streams))
+        samples = shuffled(raw_samples(shards, budget), self.shuffle_buffer, rng)
+        crops = self._crops(samples, rng, budget)
+        return wds.batched(self.batch_size, collation_fn=collate_train, partial=False)(crops)
+
+    def _crops(self, samples: Iterable[dict[str, Any]], rng: random.Random,
+               budget: CorruptSampleBudget) -> Iterator[tuple[torch.Tensor, int]]:
+        for sample in samples:
+            try:
+                image, label = read_sample(sample, self.num_classes)
+                crop = train_crop(image, rng, self.crop_mode)
+            except CorruptSample as exn:
+                budget.record_corrupt(sample.get("__key__", "?"), sample.get("__url__", "?"), str(exn))
+                continue
+            budget.record_good()
+            yield crop, label
+
+
+class EvalStream(IterableDataset):
+    """Batches ``(views, int64 labels [B], bool valid [B])`` of one rank: each worker reads its shards of
+    :func:`eval_shard_assignment` once, in order; ``views`` is what ``make_views`` returns per image, stacked.
+
+    The last batch of each worker may be partial; corrupt samples are logged, counted and left out (so the
+    evaluated count falls short of the manifest's total, which the consumer checks).
+    """
+
+    def __init__(
+            self,
+            shard_paths: list[str],
+            num_classes: int,
+            batch_size: int,
+            make_views: Callable[[torch.Tensor], torch.Tensor],
+            *,
+            rank: int,
+            world_size: int,
+            max_corrupt_fraction: float = 0.001,
+    ) -> None:
+        super().__init__()
+        self.shard_paths = list(shard_paths)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.make_views = make_views
+        self.rank, self.world_size = rank, world_size
+        self.max_corrupt_fraction = max_corrupt_fraction
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        worker, workers = worker_position()
+        assignment = eval_shard_assignment(len(self.shard_paths), self.world_size, workers)
+        budget = CorruptSampleBudget(self.max_corrupt_fraction)
+        samples = raw_samples((self.shard_paths[i] for i in assignment[self.rank][worker]), budget)
+        return wds.batched(self.batch_size, collation_fn=collate_eval, partial=True)(self._views(samples, budget))
+
+    def _views(self, samples: Iterable[dict[str, Any]],
+               budget: CorruptSampleBudget) -> Iterator[tuple[torch.Tensor, int]]:
+        for sample in samples:
+            try:
+                image, label = read_sample(sample, self.num_classes)
+                views = self.make_views(image)
+            except CorruptSample as exn:
+                budget.record_corrupt(sample.get("__key__", "?"), sample.get("__url__", "?"), str(exn))
+                continue
+            budget.record_good()
+            yield views, label

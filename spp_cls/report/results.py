@@ -1,0 +1,266 @@
+"""Collect the outcome of finished runs: `results.json` files in run directories, or runs in a wandb project.
+
+Every run writes one `results.json` next to its checkpoints (DESIGN.md); the table is built from these files, never
+from scraped logs. This module reads and checks them; it imports nothing of `spp_cls.train` nor Lightning.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from spp_cls.paper import VARIANT_TITLES
+
+RESULTS_FILE = "results.json"
+KNOWN_VARIANTS: tuple[str, ...] = tuple(VARIANT_TITLES)
+
+# The keys every results.json must hold; extra keys are tolerated.
+REQUIRED_KEYS: tuple[str, ...] = (
+    "backbone", "variant", "experiment", "test_protocol", "top1_err", "top5_err", "num_test_images", "epochs",
+    "train_images_per_s", "wall_time_s", "git_commit", "config_hash", "run_dir", "finished_at",
+)
+
+
+class ResultsError(ValueError):
+    """A results file or wandb run that cannot be used; the message is one line naming its source."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one trained and tested run: one cell of the table under one test protocol.
+
+    Attributes:
+        source: where it was read from (the results.json path, or the wandb run's URL), for messages.
+        top1_err: percent, as in the paper; likewise top5_err.
+        num_test_images, epochs, ...: None only for wandb runs that did not log them.
+    """
+
+    backbone: str
+    variant: str
+    experiment: str
+    test_protocol: str
+    top1_err: float
+    top5_err: float
+    source: str
+    num_test_images: int | None = None
+    epochs: int | None = None
+    train_images_per_s: float | None = None
+    wall_time_s: float | None = None
+    git_commit: str | None = None
+    config_hash: str | None = None
+    run_dir: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def cell(self) -> tuple[str, str, str]:
+        """The (backbone, variant, test_protocol) key that at most one result may claim."""
+        return (self.backbone, self.variant, self.test_protocol)
+
+
+def _text(key: str, value: Any, source: str, *, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ResultsError(f"{source}: '{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, source: str, *, upper: float = math.inf) -> float:
+    # NaN fails the range test too.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= upper:
+        limit = f"0 to {upper:g}" if math.isfinite(upper) else ">= 0"
+        raise ResultsError(f"{source}: '{key}' must be a number {limit}, got {value!r}")
+    return float(value)
+
+
+def _count(key: str, value: Any, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ResultsError(f"{source}: '{key}' must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _check(key: str, value: Any, source: str) -> Any:
+    """One contract value, checked by the kind its key holds."""
+    if key == "variant":
+        if value not in KNOWN_VARIANTS:
+            raise ResultsError(f"{source}: variant {value!r} is not one of {', '.join(KNOWN_VARIANTS)}")
+        return value
+    if key in ("top1_err", "top5_err"):
+        return _number(key, value, source, upper=100)
+    if key in ("train_images_per_s", "wall_time_s"):
+        return _number(key, value, source)
+    if key in ("num_test_images", "epochs"):
+        return _count(key, value, source)
+    return _text(key, value, source, nullable=key == "git_commit")
+
+
+def result_from_record(record: Mapping[str, Any], source: str) -> RunResult:
+    """Check one results.json record against the contract and turn it into a RunResult.
+
+    Raises:
+        ResultsError: a key is missing or holds a value of the wrong kind; the message names `source`.
+    """
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise ResultsError(f"{source}: missing key(s) {', '.join(missing)}")
+    return RunResult(source=source, **{key: _check(key, record[key], source) for key in REQUIRED_KEYS})
+
+
+def load_result(path: str | Path) -> RunResult:
+    """Read one results.json.
+
+    Raises:
+        ResultsError: unreadable, not valid JSON, not an object, or not matching the contract (one line).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{source}: cannot read: {err}") from err
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"{source}: not valid JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise ResultsError(f"{source}: expected a JSON object, got {type(record).__name__}")
+    return result_from_record(record, source)
+
+
+def check_unique_cells(results: Iterable[RunResult]) -> None:
+    """Refuse two results for the same (backbone, variant, protocol): the table must not silently pick one.
+
+    Raises:
+        ResultsError: naming both sources.
+    """
+    seen: dict[tuple[str, str, str], RunResult] = {}
+    for result in results:
+        other = seen.setdefault(result.cell, result)
+        if other is not result:
+            backbone, variant, protocol = result.cell
+            raise ResultsError(
+                f"two results for {backbone}-{variant} under test protocol {protocol}: {other.source} and "
+                f"{result.source}; pass only one of them"
+            )
+
+
+def find_result_files(path: str | Path) -> list[Path]:
+    """The results.json files at or under `path` (a file is taken as is), sorted.
+
+    Raises:
+        ResultsError: `path` does not exist.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ResultsError(f"{path}: no such file or directory")
+    return sorted(path.rglob(RESULTS_FILE))
+
+
+def collect(paths: Iterable[str | Path]) -> list[RunResult]:
+    """Load every results.json found in the given run directories, their parents, or the files themselves.
+
+    Returns an empty list when no file is found; the caller decides whether that is an error.
+
+    Raises:
+        ResultsError: a path does not exist, a file is bad, or two results claim the same cell.
+    """
+    files: dict[Path, None] = {}
+    for path in paths:
+        files.update(dict.fromkeys(find_result_files(path)))
+    results = [load_result(file) for file in files]
+    check_unique_cells(results)
+    return results
+
+
+class WandbRunLike(Protocol):
+    """What `result_from_wandb_run` reads of a `wandb.apis.public.Run` (a plain object will do)."""
+
+    name: str | None
+    group: str | None
+    url: str
+    config: Mapping[str, Any]
+    summary: Mapping[str, Any]
+
+
+def _config_value(config: Mapping[str, Any], dotted: str) -> Any:
+    """A LightningCLI config value by its dotted name, whether the config was logged nested or flattened."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            node = None
+            break
+        node = node[part]
+    if node is not None:
+        return node
+    return config.get(dotted, config.get(dotted.replace(".", "/")))
+
+
+def _first(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
+
+
+def result_from_wandb_run(run: WandbRunLike) -> RunResult:
+    """Turn one wandb run into a RunResult; pure, so it is tested on a plain object.
+
+    Reads, first found wins: the results.json keys if the run logged them into its summary, then the LightningCLI
+    config (`model.backbone`, `model.variant`, `model.test_protocol`), then the run name `{backbone}-{variant}`.
+    Errors come from `summary["test/top1_err"]` and `summary["test/top5_err"]` (else `top1_err` / `top5_err`).
+
+    Raises:
+        ResultsError: the run has no test errors yet, or no backbone, variant or test protocol can be found.
+    """
+    source = f"wandb run {run.name or '?'} ({run.url})"
+    summary, config = run.summary, run.config
+    name_backbone, _, name_variant = (run.name or "").rpartition("-")
+    record: dict[str, Any] = {
+        "backbone": _first(summary.get("backbone"), _config_value(config, "model.backbone"), name_backbone or None),
+        "variant": _first(summary.get("variant"), _config_value(config, "model.variant"), name_variant or None),
+        "experiment": _first(summary.get("experiment"), run.group, "(no group)"),
+        "test_protocol": _first(
+            summary.get("test_protocol"), _config_value(config, "model.test_protocol"), config.get("test_protocol")
+        ),
+        "top1_err": _first(summary.get("test/top1_err"), summary.get("top1_err")),
+        "top5_err": _first(summary.get("test/top5_err"), summary.get("top5_err")),
+    }
+    absent = [key for key, value in record.items() if value is None]
+    if absent:
+        raise ResultsError(f"{source}: no {', '.join(absent)} (not tested yet, or not logged)")
+    record.update({key: summary[key] for key in REQUIRED_KEYS if key not in record and key in summary})
+    return RunResult(source=source, **{key: _check(key, value, source) for key, value in record.items()})
+
+
+def from_wandb(entity_project: str, skipped: list[str] | None = None) -> list[RunResult]:
+    """Read the results of every tested run in a wandb project through `wandb.Api()`.
+
+    Needs a network and a wandb login. NOTE: the wandb API cannot be reached from the development machine, so only
+    the conversion (`result_from_wandb_run`) is tested; this function itself is not.
+
+    Args:
+        entity_project: "ENTITY/PROJECT".
+        skipped: if given, gets one line per run that could not be used (e.g. still training), instead of the run
+            being dropped without a word.
+
+    Raises:
+        ResultsError: the project cannot be read, or two runs claim the same cell.
+    """
+    if entity_project.count("/") != 1 or not all(entity_project.split("/")):
+        raise ResultsError(f"--wandb wants ENTITY/PROJECT, got {entity_project!r}")
+    import wandb  # imported here: about 1 s, and only this path needs it
+
+    results = []
+    try:
+        for run in wandb.Api().runs(entity_project):
+            try:
+                results.append(result_from_wandb_run(run))
+            except ResultsError as err:
+                if skipped is not None:
+                    skipped.append(str(err))
+    except (wandb.errors.Error, ValueError, OSError) as err:
+        message = " ".join(str(err).split())
+        raise ResultsError(f"cannot read wandb project {entity_project}: {message}") from err
+    check_unique_cells(results)
+    return results
