@@ -1,6 +1,237 @@
-"""The `spp-cls` entry point (filled in step by step)."""
+"""The `spp-cls` command.
+
+    spp-cls fit|validate|test --config FILE [overrides]   LightningCLI over SppClassifier + ShardDataModule
+    spp-cls shards ...                                    ImageNet folder -> webdataset shards
+    spp-cls table RUN_DIR...                              the paper's Table 2 from results.json files
+    spp-cls models                                        the registered networks and their paper targets
+    spp-cls demo                                          the whole path on synthetic data, on the CPU
+    spp-cls bench                                         throughput of models, data path and harness
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+USAGE = __doc__ or ""
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise SystemExit("spp-cls: not implemented yet")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE.strip("\n"))
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    handlers: dict[str, Callable[[list[str]], int]] = {
+        **{name: _lightning for name in LIGHTNING_COMMANDS},
+        "shards": _shards,
+        "table": _table,
+        "models": _models,
+        "demo": _demo,
+        "bench": _bench,
+    }
+    if command not in handlers:
+        print(f"spp-cls: error: unknown command {command!r}; commands: {', '.join(handlers)}", file=sys.stderr)
+        return 2
+    try:
+        return handlers[command](args if command in LIGHTNING_COMMANDS else rest)
+    except (FileNotFoundError, ValueError) as error:
+        if os.environ.get("SPP_CLS_DEBUG") == "1":
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"spp-cls: error: {message} (SPP_CLS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _shards(argv: list[str]) -> int:
+    from .data.shards import main as shards_main
+
+    return shards_main(argv)
+
+
+def _table(argv: list[str]) -> int:
+    from .report.table import main as table_main
+
+    return table_main(argv)
+
+
+def _models(argv: list[str]) -> int:
+    from .models.summary import models_table
+
+    if argv:
+        print("spp-cls models takes no arguments", file=sys.stderr)
+        return 2
+    print(models_table())
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(argv)
+
+
+def _bench(argv: list[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(argv)
+
+
+def _lightning(argv: list[str]) -> int:
+    cli = build_cli(argv)
+    return 0 if cli is not None else 1
+
+
+# ---- LightningCLI ------------------------------------------------------------------------------------------------
+def build_cli(argv: list[str], run: bool = True) -> Any:
+    """Parse `fit|validate|test` arguments and run them (imports Lightning only here: it takes seconds)."""
+    from pytorch_lightning.cli import LightningCLI
+
+    from .data.datamodule import ShardDataModule
+    from .train.module import SppClassifier
+
+    cli_class = _cli_class(LightningCLI)
+    return cli_class(
+        SppClassifier,
+        ShardDataModule,
+        args=argv,
+        run=run,
+        save_config_callback=_save_config_class(),
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults=TRAINER_DEFAULTS,
+        parser_kwargs={"error_handler": _one_line_error} if _supports_error_handler() else {},
+        auto_configure_optimizers=False,
+    )
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 90,
+    # the datamodule builds each epoch's train stream for that epoch (shard order keyed on (seed, epoch))
+    "reload_dataloaders_every_n_epochs": 1,
+    # the datamodule splits shards over ranks itself; a DistributedSampler cannot wrap an iterable dataset
+    "use_distributed_sampler": False,
+    "num_sanity_val_steps": 0,
+    "benchmark": True,
+    "log_every_n_steps": 50,
+}
+
+
+def _one_line_error(message: str) -> None:  # pragma: no cover - replaced below when jsonargparse supports it
+    raise SystemExit(2)
+
+
+def _supports_error_handler() -> bool:
+    return False
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of what defines the experiment: the model and data sections of the resolved config."""
+    relevant = {key: config.get(key) for key in ("model", "data")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def wandb_offline() -> bool:
+    """Offline unless the user is logged in (an API key in the environment or in ~/.netrc) or sets WANDB_MODE."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"] in ("offline", "dryrun")
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    host = os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1].split("/")[0]
+    return not (netrc.is_file() and host in netrc.read_text(errors="ignore"))
+
+
+def _save_config_class() -> type:
+    from pytorch_lightning.cli import SaveConfigCallback
+    from pytorch_lightning.loggers import WandbLogger
+
+    class SaveConfigToRunAndWandb(SaveConfigCallback):
+        """Writes config.yaml into the run directory and uploads the whole resolved config to wandb."""
+
+        def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+
+    return SaveConfigToRunAndWandb
+
+
+def _cli_class(base: type) -> type:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.utilities import rank_zero_info
+
+    from .train.recorder import RunRecorder
+    from .train.rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
+
+    class SppCLI(base):  # type: ignore[misc, valid-type]
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_argument("--experiment", default="default",
+                                help="experiment name: the wandb group and the folder under runs_dir")
+            parser.add_argument("--runs_dir", default="runs", help="where run directories are made")
+            parser.add_argument("--wandb", type=bool, default=True,
+                                help="log to wandb (offline unless logged in or WANDB_MODE says otherwise)")
+            parser.link_arguments("data", "model.num_classes", compute_fn=lambda data: data.num_classes,
+                                  apply_on="instantiate")
+
+        @property
+        def run_config(self) -> Any:
+            return self.config[self.subcommand]
+
+        @property
+        def run_dir(self) -> Path:
+            return run_dir(self.run_config.runs_dir, self.run_config.experiment, self.model.run_name)
+
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            directory = self.run_dir
+            directory.mkdir(parents=True, exist_ok=True)
+            config = self.run_config.as_dict()
+            trainer_config = config.get("trainer", {})
+            callbacks = [
+                ModelCheckpoint(dirpath=directory, filename="best", monitor="val/top1_err", mode="min",
+                                save_last=True, save_top_k=1, auto_insert_metric_name=False,
+                                enable_version_counter=False, save_on_train_epoch_end=True),
+                RunRecorder(directory, self.run_config.experiment, config_hash(config)),
+            ]
+            kwargs["default_root_dir"] = str(directory)
+            if self.run_config.wandb and trainer_config.get("logger") in (None, True):
+                hp = self.model.hparams
+                kwargs["logger"] = WandbLogger(
+                    project="spp-cls",
+                    group=self.run_config.experiment,
+                    name=self.model.run_name,
+                    id=wandb_run_id(directory),
+                    resume="allow",
+                    save_dir=str(directory),
+                    offline=wandb_offline(),
+                    tags=[hp.backbone, self.model.variant, self.run_config.experiment],
+                    job_type=self.subcommand,
+                )
+            extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+            kwargs["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), *callbacks]
+            return super().instantiate_trainer(**kwargs)
+
+        def fit(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
+            path = named_checkpoint(self.run_dir, ckpt_path) if ckpt_path else resume_checkpoint(self.run_dir)
+            rank_zero_info(f"spp-cls: run directory {self.run_dir}; " +
+                           (f"resuming from {path}" if path else "starting fresh"))
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)
+
+        def validate(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
+            self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._eval_checkpoint(ckpt_path), **kwargs)
+
+        def test(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
+            self.trainer.test(model, datamodule=datamodule, ckpt_path=self._eval_checkpoint(ckpt_path), **kwargs)
+
+        def _eval_checkpoint(self, ckpt_path: str | None) -> Path:
+            path = named_checkpoint(self.run_dir, ckpt_path or "last")
+            assert path is not None
+            rank_zero_info(f"spp-cls: evaluating {path}")
+            return path
+
+    return SppCLI

@@ -1,0 +1,226 @@
+"""The LightningModule of every table cell: a registry network + on-device input processing, exact top-k errors,
+SGD with a plateau (or milestone) schedule, and the epoch's training size from the size schedule."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ..models import PAPER_LEVELS, create
+from ..models.init import Init
+from ..models.net import Head
+from .augment import InputTransform
+from .metrics import TopKErrorSums
+from .schedule import SizeSchedule, train_size, variant_name
+
+LrSchedule = Literal["plateau", "milestones"]
+
+
+class SppClassifier(pl.LightningModule):
+    """One SPP-net table cell.
+
+    Args:
+        backbone: zf5, convnet5, overfeat5, overfeat7, or any timm model name.
+        head: "spp" (the {6,3,2,1} pyramid) or "nospp" (the baseline's single 6x6 pooling layer).
+        num_classes: set from the data's manifest by the CLI.
+        width: multiplies every conv and fc width (1.0 = the paper's network; smaller for CPU-scale runs).
+        init: "paper" (Gaussian 0.01, AlexNet biases) or "kaiming".
+        levels: pyramid levels of the SPP head.
+        size_schedule: "fixed" (224), "alternate" (224 on epoch 0, then 180/224 by epoch) or "random" ([180, 224]).
+        train_sizes: (first size, second size) of the schedule.
+        seed: seeds the random size schedule and the per-epoch RNG (dropout, colour noise).
+        lr: learning rate for a global batch of `reference_batch`; the optimiser uses
+            lr * global_batch / reference_batch (linear scaling).
+        lr_schedule: "plateau" divides by 10 when val top-1 error stops improving, at most `lr_drops` times;
+            "milestones" divides by 10 at the epochs in `milestones`.
+        pca_std: sigma of AlexNet's PCA colour noise (0 disables it).
+        channels_last: run the network in NHWC memory format (faster on GPUs with tensor cores).
+        compile: torch.compile the network (static shapes: one graph per training size).
+    """
+
+    def __init__(
+            self,
+            backbone: str = "zf5",
+            head: Head = "spp",
+            num_classes: int = 1000,
+            width: float = 1.0,
+            init: Init = "paper",
+            levels: Sequence[int] = PAPER_LEVELS,
+            dropout: float = 0.5,
+            size_schedule: SizeSchedule = "fixed",
+            train_sizes: tuple[int, int] = (224, 180),
+            seed: int = 0,
+            lr: float = 0.01,
+            reference_batch: int = 128,
+            momentum: float = 0.9,
+            weight_decay: float = 5e-4,
+            lr_schedule: LrSchedule = "plateau",
+            plateau_patience: int = 5,
+            plateau_threshold: float = 0.1,
+            lr_drops: int = 2,
+            milestones: Sequence[int] = (30, 60),
+            pca_std: float = 0.1,
+            channels_last: bool = False,
+            compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.variant = variant_name(head, size_schedule)
+        self.net = create(backbone, head=head, num_classes=num_classes, width=width, init=init, levels=levels,
+                          dropout=dropout)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile(dynamic=False)  # in place: the state dict keeps its keys
+        self.transform = InputTransform(pca_std)
+        self.eval_sums = TopKErrorSums()
+        self.train_loss_sum = torch.zeros(2, dtype=torch.float64)
+        self.train_time_s = 0.0
+        self.train_images = 0
+        self.epochs_completed = 0
+        self._epoch_started = 0.0
+        self._last_batch_end = 0.0
+        self._epoch_images = 0
+
+    # ---- shared pieces ------------------------------------------------------------------------------------------
+    @property
+    def run_name(self) -> str:
+        return f"{self.hparams.backbone}-{self.variant}"
+
+    def current_train_size(self) -> int:
+        return train_size(self.hparams.size_schedule, self.current_epoch, self.hparams.seed,
+                          tuple(self.hparams.train_sizes))
+
+    def forward(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
+        """uint8 (N, 3, H, W) images -> logits."""
+        x = self.transform(images, size=size, train=train)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and stage == "fit":
+            self.transform.set_statistics(datamodule.mean_rgb, datamodule.pca_eigval, datamodule.pca_eigvec)
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Every random draw of an epoch (dropout, colour noise) is a function of (seed, epoch, rank), so a run
+        # resumed at an epoch boundary continues exactly as the uninterrupted run would.
+        torch.manual_seed(self.hparams.seed * 1_000_003 + self.current_epoch * 1_009 + self.global_rank)
+        self.train_loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._epoch_images = 0
+        self._epoch_started = time.perf_counter()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images, size=self.current_train_size(), train=True)
+        loss = F.cross_entropy(logits, labels)
+        self.train_loss_sum += torch.stack([loss.detach().double() * labels.numel(),
+                                            torch.tensor(labels.numel(), dtype=torch.float64, device=self.device)])
+        self._epoch_images += labels.numel()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._last_batch_end = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = max(self._last_batch_end - self._epoch_started, 0.0)  # training only, not validation
+        loss_sum, count = self.trainer.strategy.reduce(self.train_loss_sum, reduce_op="sum").tolist()
+        images = self._epoch_images * self.trainer.world_size
+        self.train_time_s += elapsed
+        self.train_images += images
+        self.log_dict({
+            "train/epoch_loss": loss_sum / max(count, 1),
+            "train/size": float(self.current_train_size()),
+            "train/images_per_s": images / elapsed if elapsed > 0 else 0.0,
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        })
+
+    # ---- evaluation ---------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.eval_sums.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        images, labels, valid = batch
+        self.eval_sums.update(self(images), labels, valid)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_errors("val", "validate")
+
+    def on_test_epoch_start(self) -> None:
+        self.eval_sums.reset()
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        views, labels, valid = batch
+        batch_size, num_views = views.shape[:2]
+        logits = self(views.flatten(0, 1))
+        probabilities = logits.float().softmax(dim=1).view(batch_size, num_views, -1).mean(dim=1)
+        self.eval_sums.update(probabilities, labels, valid)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_errors("test", "test")
+
+    def _log_errors(self, prefix: str, stage: str) -> None:
+        top1, top5, count = self.eval_sums.totals(
+            lambda sums: self.trainer.strategy.reduce(sums, reduce_op="sum"), device=self.device
+        )
+        if self.trainer.sanity_checking:
+            return
+        self._check_count(stage, count)
+        self.log_dict({f"{prefix}/top1_err": top1, f"{prefix}/top5_err": top5, f"{prefix}/images": float(count)},
+                      sync_dist=False)
+
+    def _check_count(self, stage: str, count: int) -> None:
+        """Fail loudly if an evaluation did not see every image exactly once (unless batches were limited)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        limit = self.trainer.limit_val_batches if stage == "validate" else self.trainer.limit_test_batches
+        if datamodule is None or limit not in (None, 1.0):
+            return
+        expected = datamodule.expected_count(stage)
+        if count != expected:
+            raise RuntimeError(
+                f"{stage}: counted {count} images across all ranks but the manifest holds {expected}; "
+                "an evaluation must see every image exactly once"
+            )
+
+    # ---- optimiser ----------------------------------------------------------------------------------------------
+    def global_batch(self) -> int:
+        per_device = self.trainer.datamodule.batch_size
+        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        lr = hp.lr * self.global_batch() / hp.reference_batch
+        optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=0.1, patience=hp.plateau_patience, threshold=hp.plateau_threshold,
+                threshold_mode="abs", min_lr=lr * 0.1 ** hp.lr_drops,
+            )
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": "val/top1_err", "interval": "epoch"}}
+        if hp.lr_schedule == "milestones":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=0.1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        raise ValueError(f"unknown lr_schedule {hp.lr_schedule!r}: choose 'plateau' or 'milestones'")
+
+    # ---- checkpoint ---------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["spp_cls"] = {
+            "train_time_s": self.train_time_s,
+            "train_images": self.train_images,
+            # `processed` already counts the epoch whose end saves this checkpoint; a mid-epoch (HPC) one does not
+            "epochs_completed": self.trainer.fit_loop.epoch_progress.current.processed,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stats = checkpoint.get("spp_cls", {})
+        self.train_time_s = stats.get("train_time_s", 0.0)
+        self.train_images = stats.get("train_images", 0)
+        self.epochs_completed = stats.get("epochs_completed", 0)
