@@ -9,7 +9,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -83,8 +85,18 @@ def _bench(argv: list[str]) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
-    cli = build_cli(argv)
-    return 0 if cli is not None else 1
+    try:
+        build_cli(argv)
+    finally:
+        _finish_wandb_run()
+    return 0
+
+
+def _finish_wandb_run() -> None:
+    """Close this process's wandb run, so a later run in the same process (the demo, tests) starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 # ---- LightningCLI ------------------------------------------------------------------------------------------------
@@ -99,12 +111,11 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
     return cli_class(
         SppClassifier,
         ShardDataModule,
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given the process's own argv
         run=run,
         save_config_callback=_save_config_class(),
         save_config_kwargs={"overwrite": True},
         trainer_defaults=TRAINER_DEFAULTS,
-        parser_kwargs={"error_handler": _one_line_error} if _supports_error_handler() else {},
         auto_configure_optimizers=False,
     )
 
@@ -119,14 +130,6 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "benchmark": True,
     "log_every_n_steps": 50,
 }
-
-
-def _one_line_error(message: str) -> None:  # pragma: no cover - replaced below when jsonargparse supports it
-    raise SystemExit(2)
-
-
-def _supports_error_handler() -> bool:
-    return False
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -170,6 +173,18 @@ def _cli_class(base: type) -> type:
     from .train.rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
 
     class SppCLI(base):  # type: ignore[misc, valid-type]
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            """As LightningCLI, but a bad option or config key is one `error:` line, not the whole usage text."""
+            captured = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(captured):
+                    super().parse_arguments(parser, args)
+            except SystemExit as exit_:
+                errors = [line for line in captured.getvalue().splitlines() if line.startswith("error:")]
+                sys.stderr.write(f"spp-cls: {errors[-1]}\n" if exit_.code and errors else captured.getvalue())
+                raise
+            sys.stderr.write(captured.getvalue())
+
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument("--experiment", default="default",
                                 help="experiment name: the wandb group and the folder under runs_dir")
@@ -193,9 +208,12 @@ def _cli_class(base: type) -> type:
             config = self.run_config.as_dict()
             trainer_config = config.get("trainer", {})
             callbacks = [
-                ModelCheckpoint(dirpath=directory, filename="best", monitor="val/top1_err", mode="min",
-                                save_last=True, save_top_k=1, auto_insert_metric_name=False,
-                                enable_version_counter=False, save_on_train_epoch_end=True),
+                # best.ckpt by val top-1 error, and last.ckpt after every epoch (the file `fit` resumes from)
+                ModelCheckpoint(dirpath=directory, filename="best", monitor="val/top1_err", mode="min", save_top_k=1,
+                                auto_insert_metric_name=False, enable_version_counter=False,
+                                save_on_train_epoch_end=True),
+                ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False,
+                                save_on_train_epoch_end=True),
                 RunRecorder(directory, self.run_config.experiment, config_hash(config)),
             ]
             kwargs["default_root_dir"] = str(directory)

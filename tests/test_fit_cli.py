@@ -1,0 +1,106 @@
+"""`spp-cls fit|test` end to end on real shards, in process: run directory, summary, resume, results, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spp_cls.cli import main
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"
+
+
+def cpu_args(shards: Path, runs: Path, *extra: str) -> list[str]:
+    """The table config, shrunk to the CPU: thin network, tiny batches, no workers, fp32."""
+    return [
+        "--config", str(CONFIG),
+        "--data.root", str(shards), "--runs_dir", str(runs), "--experiment", "t",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.deterministic", "true",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--model.width", "0.125", "--model.init", "kaiming", "--model.channels_last", "false",
+        "--model.reference_batch", "8", "--model.lr", "0.005",
+        "--data.batch_size", "8", "--data.num_workers", "0", *extra,
+    ]
+
+
+def read_summary(run: Path) -> list[dict[str, str]]:
+    with (run / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_writes_the_run_directory_and_resume_equals_an_uninterrupted_run(demo_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert main(["fit", *cpu_args(demo_shards, straight, "--trainer.max_epochs", "3")]) == 0
+    assert main(["fit", *cpu_args(demo_shards, interrupted, "--trainer.max_epochs", "1")]) == 0
+    run = interrupted / "t" / "zf5-spp_multi"
+    wandb_id = (run / "wandb_id.txt").read_text()
+    assert [row["epoch"] for row in read_summary(run)] == ["0"]
+    assert main(["fit", *cpu_args(demo_shards, interrupted, "--trainer.max_epochs", "3")]) == 0
+
+    reference = straight / "t" / "zf5-spp_multi"
+    for directory in (reference, run):
+        assert {"last.ckpt", "best.ckpt", "config.yaml", "summary.csv", "wandb_id.txt"} <= {
+            p.name for p in directory.iterdir()}
+    resumed_rows, reference_rows = read_summary(run), read_summary(reference)
+    assert [row["train_size"] for row in resumed_rows] == ["224", "180", "224"]
+    for column in ("epoch", "train_size", "lr", "train_loss", "val_top1_err", "val_top5_err"):
+        assert [row[column] for row in resumed_rows] == [row[column] for row in reference_rows], column
+
+    resumed, uninterrupted = (torch.load(d / "last.ckpt", weights_only=False) for d in (run, reference))
+    assert resumed["epoch"] == uninterrupted["epoch"] == 2 and resumed["global_step"] == uninterrupted["global_step"]
+    for key, tensor in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], tensor), key
+    assert resumed["lr_schedulers"] == uninterrupted["lr_schedulers"]
+    momentum = [s["momentum_buffer"] for s in resumed["optimizer_states"][0]["state"].values()]
+    expected = [s["momentum_buffer"] for s in uninterrupted["optimizer_states"][0]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(momentum, expected))
+    assert resumed["spp_cls"]["epochs_completed"] == 3 and resumed["spp_cls"]["train_images"] == 3 * 56
+
+    # the resumed job logged into the same wandb run: one id, one offline run folder per start
+    assert (run / "wandb_id.txt").read_text() == wandb_id
+    wandb_runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and all(name.endswith(wandb_id.strip()) for name in wandb_runs)
+
+
+def test_test_writes_results_json_with_the_ten_view_protocol(demo_shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "1", "--wandb", "false")
+    assert main(["fit", *args]) == 0
+    assert main(["test", *args]) == 0
+    results = json.loads((tmp_path / "t" / "zf5-spp_multi" / "results.json").read_text())
+    assert results["backbone"] == "zf5" and results["variant"] == "spp_multi"
+    assert results["test_protocol"] == "tenview" and results["num_test_images"] == 15
+    assert results["epochs"] == 1 and results["train_images_per_s"] > 0
+    assert 0 <= results["top5_err"] <= results["top1_err"] <= 100
+    assert len(results["config_hash"]) == 64
+
+    assert main(["table", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert f"{results['top1_err']:.2f}" in table and "34.60" in table  # measured beside the paper's ZF-5 (c)
+
+
+def test_bad_input_is_one_line_and_exit_2(demo_shards, tmp_path, capsys):
+    missing = tmp_path / "no-such-shards"
+    assert main(["fit", *cpu_args(missing, tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert str(missing) in err[-1] and "spp-cls shards" in err[-1]
+
+    assert main(["fit", *cpu_args(demo_shards, tmp_path, "--model.backbone", "zf6")]) == 2
+    assert "known backbones: zf5, convnet5, overfeat5, overfeat7" in capsys.readouterr().err
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  widht: 0.5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *cpu_args(demo_shards, tmp_path), "--config", str(typo)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "widht" in err[0]
+
+    assert main(["test", *cpu_args(demo_shards, tmp_path / "empty")]) == 2
+    assert "train this run first" in capsys.readouterr().err
