@@ -56,7 +56,8 @@ def test_fit_writes_the_run_directory_and_resume_equals_an_uninterrupted_run(dem
     assert resumed["epoch"] == uninterrupted["epoch"] == 2 and resumed["global_step"] == uninterrupted["global_step"]
     for key, tensor in uninterrupted["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], tensor), key
-    assert resumed["lr_schedulers"] == uninterrupted["lr_schedulers"]
+    assert resumed["spp_cls"]["lr_scheduler"] == uninterrupted["spp_cls"]["lr_scheduler"]
+    assert resumed["spp_cls"]["lr_scheduler"]["best"] == min(float(row["val_top1_err"]) for row in reference_rows)
     momentum = [s["momentum_buffer"] for s in resumed["optimizer_states"][0]["state"].values()]
     expected = [s["momentum_buffer"] for s in uninterrupted["optimizer_states"][0]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(momentum, expected))

@@ -18,6 +18,7 @@ from .metrics import TopKErrorSums
 from .schedule import SizeSchedule, train_size, variant_name
 
 LrSchedule = Literal["plateau", "milestones"]
+LrScheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 
 
 class SppClassifier(pl.LightningModule):
@@ -82,6 +83,9 @@ class SppClassifier(pl.LightningModule):
         self.train_time_s = 0.0
         self.train_images = 0
         self.epochs_completed = 0
+        self.epoch_lr = lr
+        self.lr_scheduler: LrScheduler | None = None
+        self._restored_scheduler_state: dict[str, Any] | None = None
         self._epoch_started = 0.0
         self._last_batch_end = 0.0
         self._epoch_images = 0
@@ -135,12 +139,14 @@ class SppClassifier(pl.LightningModule):
         images = self._epoch_images * self.trainer.world_size
         self.train_time_s += elapsed
         self.train_images += images
+        self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log_dict({
             "train/epoch_loss": loss_sum / max(count, 1),
             "train/size": float(self.current_train_size()),
             "train/images_per_s": images / elapsed if elapsed > 0 else 0.0,
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "lr": self.epoch_lr,
         })
+        self.step_lr_schedule()
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -194,21 +200,38 @@ class SppClassifier(pl.LightningModule):
         per_device = self.trainer.datamodule.batch_size
         return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """SGD; the LR schedule is stepped by this module (see `step_lr_schedule`), not by Lightning."""
         hp = self.hparams
         lr = hp.lr * self.global_batch() / hp.reference_batch
         optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=0.1, patience=hp.plateau_patience, threshold=hp.plateau_threshold,
                 threshold_mode="abs", min_lr=lr * 0.1 ** hp.lr_drops,
             )
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "monitor": "val/top1_err", "interval": "epoch"}}
-        if hp.lr_schedule == "milestones":
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=0.1)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        raise ValueError(f"unknown lr_schedule {hp.lr_schedule!r}: choose 'plateau' or 'milestones'")
+        elif hp.lr_schedule == "milestones":
+            self.lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones),
+                                                                     gamma=0.1)
+        else:
+            raise ValueError(f"unknown lr_schedule {hp.lr_schedule!r}: choose 'plateau' or 'milestones'")
+        if self._restored_scheduler_state is not None:
+            self.lr_scheduler.load_state_dict(self._restored_scheduler_state)
+        return optimizer
+
+    def step_lr_schedule(self) -> None:
+        """Step the LR schedule at the end of the epoch, before the epoch's checkpoint is written.
+
+        NOTE: Lightning steps epoch schedulers only after the end-of-epoch checkpoint has been saved, so a run
+        resumed from it would miss one plateau observation per restart; stepping here keeps a resumed run identical
+        to an uninterrupted one. Plateau steps only on epochs that validated.
+        """
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            val_top1 = self.trainer.callback_metrics.get("val/top1_err")
+            if val_top1 is not None:
+                self.lr_scheduler.step(float(val_top1))
+        else:
+            self.lr_scheduler.step()
 
     # ---- checkpoint ---------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -217,6 +240,7 @@ class SppClassifier(pl.LightningModule):
             "train_images": self.train_images,
             # `processed` already counts the epoch whose end saves this checkpoint; a mid-epoch (HPC) one does not
             "epochs_completed": self.trainer.fit_loop.epoch_progress.current.processed,
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -224,3 +248,4 @@ class SppClassifier(pl.LightningModule):
         self.train_time_s = stats.get("train_time_s", 0.0)
         self.train_images = stats.get("train_images", 0)
         self.epochs_completed = stats.get("epochs_completed", 0)
+        self._restored_scheduler_state = stats.get("lr_scheduler")

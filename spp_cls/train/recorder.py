@@ -60,7 +60,7 @@ class RunRecorder(Checkpoint):
         row = {
             "epoch": trainer.current_epoch,
             "train_size": pl_module.current_train_size(),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "lr": pl_module.epoch_lr,
             "train_loss": value("train/epoch_loss"),
             "val_top1_err": value("val/top1_err"),
             "val_top5_err": value("val/top5_err"),
