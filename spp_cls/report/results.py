@@ -168,10 +168,11 @@ def collect(paths: Iterable[str | Path]) -> list[RunResult]:
     Raises:
         ResultsError: a path does not exist, a file is bad, or two results claim the same cell.
     """
-    files: dict[Path, None] = {}
+    files: dict[Path, Path] = {}  # resolved -> as found, so one file reached by two paths is read once
     for path in paths:
-        files.update(dict.fromkeys(find_result_files(path)))
-    results = [load_result(file) for file in files]
+        for file in find_result_files(path):
+            files.setdefault(file.resolve(), file)
+    results = [load_result(file) for file in files.values()]
     check_unique_cells(results)
     return results
 

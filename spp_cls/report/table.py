@@ -155,18 +155,19 @@ def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> st
     """The two blocks of Table 2 (top-1, top-5), measured beside paper, then the notes and the list of runs."""
     table = build_table(results, protocol)
     shown = [cell.measured for cell in table.cells.values() if cell.measured is not None]
-    experiments = ", ".join(sorted({result.experiment for result in shown})) or "none"
+    experiments = ", ".join(sorted({result.experiment for result in shown}))
     lines = [
         "## ImageNet error (%): measured beside the SPP-net paper's Table 2",
         "",
-        f"Measured: test protocol `{table.protocol}`, experiment {experiments}. Paper: He et al., TPAMI 2015, "
-        "Table 2, standard 10-view test.",
+        f"Measured: test protocol `{table.protocol}`" + (f", experiment {experiments}" if shown else ", no runs")
+        + ". Paper: He et al., TPAMI 2015, Table 2, standard 10-view test.",
         f"In parentheses: gain over (a) no SPP of the same backbone (error of (a) minus error of the row; positive "
         f"is better). {MISSING}: no run, or not in the paper; ({MISSING}): no (a) run to take the gain from.",
     ]
     header_cells = [title for b in table.backbones for title in (_backbone_title(b), f"{_backbone_title(b)} paper")]
     for metric, metric_title in METRICS:
-        lines += ["", _markdown_row([metric_title, *header_cells]), _markdown_row(["---"] + ["---:"] * len(header_cells))]
+        align = _markdown_row(["---"] + ["---:"] * len(header_cells))
+        lines += ["", _markdown_row([metric_title, *header_cells]), align]
         for variant in table.variants:
             row = [VARIANT_TITLES[variant]]
             for backbone in table.backbones:
@@ -187,9 +188,9 @@ def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> st
             hours = None if result.wall_time_s is None else result.wall_time_s / 3600
             commit = None if result.git_commit is None else result.git_commit[:10]
             lines.append(_markdown_row([
-                f"{result.backbone}-{result.variant}", _optional(result.num_test_images, "d"), _optional(result.epochs, "d"),
-                _optional(result.train_images_per_s, ".1f"), _optional(hours, ".2f"), _optional(commit, "s"),
-                result.source,
+                f"{result.backbone}-{result.variant}", _optional(result.num_test_images, "d"),
+                _optional(result.epochs, "d"), _optional(result.train_images_per_s, ".1f"), _optional(hours, ".2f"),
+                _optional(commit, "s"), result.source,
             ]))
     return "\n".join(lines).rstrip() + "\n"
 
