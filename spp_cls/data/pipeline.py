@@ -51,11 +51,15 @@ class TooManyCorruptSamples(RuntimeError):
 
 
 def decode_rgb(jpeg: bytes) -> torch.Tensor:
-    """Decodes JPEG bytes to a uint8 (3, H, W) RGB tensor (grayscale and CMYK are converted)."""
+    """Decodes JPEG bytes to a uint8 (3, H, W) RGB tensor (grayscale and CMYK are converted).
+
+    The result is a channels-last view of the decoder's HWC buffer; crops of it are made contiguous when batched.
+    """
     try:
         return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as exn:
-        raise CorruptSample(f"JPEG does not decode: {exn}") from exn
+        reason = str(exn).rsplit(", ", 1)[-1]  # torchvision prefixes "decode_jpeg, <source file>:<line>, "
+        raise CorruptSample(f"JPEG does not decode: {reason}") from exn
 
 
 def parse_label(cls_bytes: bytes, num_classes: int) -> int:
@@ -177,6 +181,9 @@ def eval_shard_assignment(num_shards: int, world_size: int, workers: int) -> lis
 
 def shuffled(samples: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
     """Shuffles a stream through a buffer of ``buffer_size`` items (pass-through when it is 1 or less)."""
+    if buffer_size <= 1:
+        yield from samples
+        return
     buffer: list[Any] = []
     for sample in samples:
         if len(buffer) < buffer_size:
@@ -234,6 +241,8 @@ class TrainStream(IterableDataset):
         super().__init__()
         if crop_mode not in TRAIN_CROPS:
             raise ValueError(f"unknown train crop {crop_mode!r}; known: {', '.join(TRAIN_CROPS)}")
+        if not shard_paths:
+            raise ValueError("no training shards to stream")
         self.shard_paths = list(shard_paths)
         self.num_classes = num_classes
         self.batch_size = batch_size

@@ -1,0 +1,238 @@
+"""`ShardDataModule`: the LightningDataModule over the webdataset shards written by `spp-cls shards`.
+
+Batches (all uint8 images, see DESIGN.md conventions):
+- train: ``(images [B, 3, 224, 224], labels int64 [B])``, B = ``batch_size`` per rank;
+- validate (center crop): ``(images [B, 3, 224, 224], labels int64 [B], valid bool [B])``;
+- test (the val shards under a test protocol): ``(views [B, V, 3, H, W], labels int64 [B], valid bool [B])``,
+  V = 1 (center, full), 10 (tenview), 96 (multiscale); ``full`` uses B = 1 (the images differ in size).
+
+Exactness under DDP (ddp, ddp_spawn, torchrun, srun alike: rank and world size come from the trainer in
+``setup``, never from environment variables):
+- train: every rank yields ``floor(total / (batch_size * world_size))`` full batches per epoch from an endless
+  resampled stream, so no rank waits for another whatever the shard sizes;
+- validate/test: each (rank, loader worker) reads its own shards once; every rank is padded to the same number
+  of batches with masked samples (``valid`` False). A module that sums correct and counted samples over ranks
+  must count exactly ``expected_count(stage)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+
+from spp_cls.data.manifest import Manifest, ManifestError
+from spp_cls.data.pipeline import TRAIN_CROPS, EvalStream, TrainCrop, TrainStream, eval_shard_assignment
+from spp_cls.data.views import CROP, TEST_SHORTER_SIDE, VIEW_COUNTS, TestViews, center_view, stacked_views
+
+EvalStage = Literal["validate", "test"]
+EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def pad_batches(batches: Iterable[EvalBatch], total: int, padding: EvalBatch) -> Iterator[EvalBatch]:
+    """Yields ``batches`` then ``padding`` until ``total`` batches have been yielded."""
+    count = 0
+    for batch in batches:
+        count += 1
+        if count > total:
+            raise RuntimeError(
+                f"the evaluation stream yielded more than the {total} batches its manifest allows: the shards do not "
+                f"match manifest.json (check them with `spp-cls shards --verify ROOT`)"
+            )
+        yield batch
+    for _ in range(total - count):
+        yield padding
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Streams the train and val shards under ``root`` (``root/train``, ``root/val``).
+
+    Args:
+        root: the ``--out`` directory of `spp-cls shards`.
+        batch_size: training batch per rank (the global batch is ``batch_size * world_size``).
+        num_workers: DataLoader worker processes per rank (0: load in the main process).
+        train_crop: ``"five"`` (the paper: 4 corners + center of the whole image) or ``"random"`` positions.
+        shuffle_buffer: samples per loader worker in the shuffle buffer (raw JPEG bytes, before decoding).
+        eval_batch_size: images per validation/test batch; default ``batch_size`` for validation and
+            ``max(1, batch_size // V)`` for a test protocol of V views (about as many crops as a train batch).
+            The ``full`` protocol always uses 1.
+        test_views: the test protocol: ``center``, ``tenview`` (the paper's Table 2), ``full`` or ``multiscale``.
+        seed: the data seed (shard order, shuffle, crops); the run's other seeds are not used here.
+        max_corrupt_fraction: corrupt samples a loader worker tolerates, as a fraction of those it has seen.
+    """
+
+    def __init__(
+            self,
+            root: str,
+            batch_size: int = 128,
+            num_workers: int = 8,
+            train_crop: TrainCrop = "five",
+            shuffle_buffer: int = 2000,
+            eval_batch_size: int | None = None,
+            test_views: TestViews = "tenview",
+            seed: int = 0,
+            max_corrupt_fraction: float = 0.001,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"unknown train_crop {train_crop!r}; known: {', '.join(TRAIN_CROPS)}")
+        if test_views not in VIEW_COUNTS:
+            raise ValueError(f"unknown test_views {test_views!r}; known: {', '.join(VIEW_COUNTS)}")
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_crop = train_crop
+        self.shuffle_buffer = shuffle_buffer
+        self.eval_batch_size = eval_batch_size
+        self.test_views = test_views
+        self.seed = seed
+        self.max_corrupt_fraction = max_corrupt_fraction
+        self.train_manifest = Manifest.load(self.root / "train")
+        self.val_manifest = Manifest.load(self.root / "val")
+        train_wnids = [c.wnid for c in self.train_manifest.classes]
+        if [c.wnid for c in self.val_manifest.classes] != train_wnids:
+            raise ManifestError(f"{self.root}: the train and val manifests have different class mappings")
+        if self.train_manifest.mean_rgb is None:
+            raise ManifestError(f"{self.root / 'train'}: the train manifest has no mean_rgb / PCA statistics")
+        self.rank, self.world_size = 0, 1
+
+    @property
+    def num_classes(self) -> int:
+        return self.train_manifest.num_classes
+
+    @property
+    def mean_rgb(self) -> tuple[float, float, float]:
+        """Per-channel pixel mean of the training set, 0-255 scale."""
+        red, green, blue = self.train_manifest.mean_rgb
+        return red, green, blue
+
+    @property
+    def pca_eigval(self) -> list[float]:
+        """Eigenvalues of the training RGB covariance (0-255 scale), descending."""
+        return list(self.train_manifest.pca_eigval)
+
+    @property
+    def pca_eigvec(self) -> list[list[float]]:
+        """Row i is the unit RGB eigenvector of ``pca_eigval[i]``."""
+        return [list(row) for row in self.train_manifest.pca_eigvec]
+
+    @property
+    def loader_workers(self) -> int:
+        """Streams per rank: loader workers, or 1 when loading in the main process."""
+        return max(1, self.num_workers)
+
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        if stage in ("fit", "validate", "test"):
+            eval_shard_assignment(len(self.val_manifest.shards), self.world_size, self.loader_workers)
+        if stage == "fit":
+            self.train_batches_per_rank(self.world_size)
+
+    def expected_count(self, stage: EvalStage) -> int:
+        """Images a validation or test pass must count over all ranks (the val manifest's total)."""
+        if stage not in ("validate", "test"):
+            raise ValueError(f"expected_count is for 'validate' or 'test', got {stage!r}")
+        return self.val_manifest.total
+
+    def train_batches_per_rank(self, world_size: int | None = None) -> int:
+        """Batches every rank yields per training epoch: floor(total / global batch)."""
+        world_size = self.world_size if world_size is None else world_size
+        global_batch = self.batch_size * world_size
+        batches = self.train_manifest.total // global_batch
+        if batches < 1:
+            raise ValueError(
+                f"{self.train_manifest.total} training samples in {self.root / 'train'} make no full global batch "
+                f"of {global_batch} ({self.batch_size} x {world_size} ranks): lower data.batch_size"
+            )
+        return batches
+
+    def eval_batch_size_for(self, stage: EvalStage) -> int:
+        """Images per validation or test batch (see ``eval_batch_size``)."""
+        if stage == "test" and self.test_views == "full":
+            return 1
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return self.batch_size if stage == "validate" else max(1, self.batch_size // VIEW_COUNTS[self.test_views])
+
+    def eval_batches_per_rank(self, stage: EvalStage, world_size: int | None = None) -> int:
+        """Batches every rank yields in a validation/test pass (padded to the busiest rank)."""
+        world_size = self.world_size if world_size is None else world_size
+        counts = [shard.count for shard in self.val_manifest.shards]
+        batch_size = self.eval_batch_size_for(stage)
+        assignment = eval_shard_assignment(len(counts), world_size, self.loader_workers)
+        return max(
+            sum(math.ceil(sum(counts[i] for i in shards) / batch_size) for shards in per_worker)
+            for per_worker in assignment
+        )
+
+    def train_loader(self, epoch: int, rank: int | None = None, world_size: int | None = None) -> wds.WebLoader:
+        """The training batches of one rank for ``epoch``: a pure function of (seed, epoch, rank, world size)."""
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        batches = self.train_batches_per_rank(world_size)
+        stream = TrainStream(
+            [str(path) for path in self.train_manifest.shard_paths], self.num_classes, self.batch_size,
+            rank=rank, world_size=world_size, seed=self.seed, epoch=epoch, crop_mode=self.train_crop,
+            shuffle_buffer=self.shuffle_buffer, max_corrupt_fraction=self.max_corrupt_fraction,
+        )
+        return self._loader(stream).with_epoch(nbatches=batches).with_length(batches, silent=True)
+
+    def eval_loader(self, stage: EvalStage, rank: int | None = None, world_size: int | None = None) -> wds.WebLoader:
+        """The validation (center crop) or test (``test_views``) batches of one rank, padded to equal length."""
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        make_views = center_view if stage == "validate" else stacked_views(self.test_views)
+        stream = EvalStream(
+            [str(path) for path in self.val_manifest.shard_paths], self.num_classes, self.eval_batch_size_for(stage),
+            make_views, rank=rank, world_size=world_size, max_corrupt_fraction=self.max_corrupt_fraction,
+        )
+        batches = self.eval_batches_per_rank(stage, world_size)
+        padded = partial(pad_batches, total=batches, padding=self._padding_batch(stage))
+        return self._loader(stream).compose(padded).with_length(batches, silent=True)
+
+    def train_dataloader(self) -> wds.WebLoader:
+        if self.trainer is None:
+            return self.train_loader(epoch=0)
+        if self.trainer.reload_dataloaders_every_n_epochs != 1:
+            raise RuntimeError(
+                "ShardDataModule builds each epoch's training stream from the epoch number (shard order, shuffle "
+                "and crops depend on it): run the Trainer with reload_dataloaders_every_n_epochs=1 "
+                f"(it is {self.trainer.reload_dataloaders_every_n_epochs})"
+            )
+        # NOTE: a run resumed mid-epoch restarts that epoch's stream from its beginning (resampled data makes this
+        # statistically harmless); what is resumed is the epoch number, not the position in the sample order.
+        return self.train_loader(epoch=self.trainer.current_epoch)
+
+    def val_dataloader(self) -> wds.WebLoader:
+        return self.eval_loader("validate")
+
+    def test_dataloader(self) -> wds.WebLoader:
+        return self.eval_loader("test")
+
+    def _loader(self, stream: torch.utils.data.IterableDataset) -> wds.WebLoader:
+        # persistent_workers stays False: each epoch's stream is a new object (epoch-dependent pipeline).
+        return wds.WebLoader(
+            stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+
+    def _padding_batch(self, stage: EvalStage) -> EvalBatch:
+        """One masked sample shaped like a real batch of ``stage`` (labels 0, valid False)."""
+        if stage == "validate":
+            images = torch.zeros(1, 3, CROP, CROP, dtype=torch.uint8)
+        elif self.test_views == "full":
+            images = torch.zeros(1, 1, 3, TEST_SHORTER_SIDE, TEST_SHORTER_SIDE, dtype=torch.uint8)
+        else:
+            images = torch.zeros(1, VIEW_COUNTS[self.test_views], 3, CROP, CROP, dtype=torch.uint8)
+        return images, torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.bool)

@@ -1,0 +1,138 @@
+"""ShardDataModule in one process: manifests, batch counts, seeds, exact evaluation for simulated ranks, test views,
+and a real Trainer feeding each epoch its own stream. The 2-process runs are in test_datamodule_ddp.py.
+
+Data: the ``demo_shards`` fixture (60 train samples in 15 shards of 4; 15 val samples in 4 shards of 4, 4, 4, 3).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from datamodule_probe import RecordingModule, make_trainer, sample_digest, train_digests, val_digests
+
+from spp_cls.data.datamodule import ShardDataModule
+
+
+def test_a_missing_root_fails_naming_the_path_and_the_shards_command(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'nowhere' / 'train'}.*spp-cls shards --src .* --out"):
+        ShardDataModule(str(tmp_path / "nowhere"))
+
+
+def test_classes_statistics_and_expected_count_come_from_the_manifests(demo_shards: Path) -> None:
+    datamodule = ShardDataModule(str(demo_shards), num_workers=0)
+    assert datamodule.num_classes == 5
+    assert len(datamodule.mean_rgb) == 3 and all(0 < value < 255 for value in datamodule.mean_rgb)
+    assert len(datamodule.pca_eigval) == 3 and datamodule.pca_eigval == sorted(datamodule.pca_eigval, reverse=True)
+    assert len(datamodule.pca_eigvec) == 3 and all(len(row) == 3 for row in datamodule.pca_eigvec)
+    assert datamodule.expected_count("validate") == datamodule.expected_count("test") == 15
+
+
+@pytest.mark.parametrize(("world_size", "batch_size", "expected"), [(1, 4, 15), (2, 4, 7), (8, 2, 3), (8, 7, 1)])
+def test_train_batches_per_rank_is_total_over_global_batch(demo_shards: Path, world_size: int, batch_size: int,
+                                                           expected: int) -> None:
+    for workers in (0, 4, 8):
+        datamodule = ShardDataModule(str(demo_shards), batch_size=batch_size, num_workers=workers)
+        assert datamodule.train_batches_per_rank(world_size) == expected
+
+
+def test_a_global_batch_larger_than_the_train_set_is_refused(demo_shards: Path) -> None:
+    with pytest.raises(ValueError, match="60 training samples .* no full global batch of 64"):
+        ShardDataModule(str(demo_shards), batch_size=32).train_batches_per_rank(world_size=2)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+@pytest.mark.parametrize(("world_size", "workers"), [(1, 0), (2, 2), (8, 4)])  # 8 x 4 streams over 15 shards
+def test_every_rank_yields_exactly_its_len_of_full_batches(demo_shards: Path, world_size: int, workers: int) -> None:
+    datamodule = ShardDataModule(str(demo_shards), batch_size=2, num_workers=workers, shuffle_buffer=8)
+    for rank in sorted({0, world_size - 1}):
+        loader = datamodule.train_loader(epoch=0, rank=rank, world_size=world_size)
+        assert len(train_digests(datamodule, 0, rank, world_size)) == len(loader) == 60 // (2 * world_size)
+
+
+def test_train_order_is_reproducible_per_seed_and_epoch_and_differs_across_ranks(demo_shards: Path) -> None:
+    datamodule = ShardDataModule(str(demo_shards), batch_size=4, num_workers=2, shuffle_buffer=8, seed=1)
+    epoch0_rank0 = train_digests(datamodule, 0, 0, 2)
+    assert epoch0_rank0 == train_digests(datamodule, 0, 0, 2)
+    assert epoch0_rank0 != train_digests(datamodule, 0, 1, 2)
+    assert epoch0_rank0 != train_digests(datamodule, 1, 0, 2)
+    other_seed = ShardDataModule(str(demo_shards), batch_size=4, num_workers=2, shuffle_buffer=8, seed=2)
+    assert epoch0_rank0 != train_digests(other_seed, 0, 0, 2)
+
+
+@pytest.mark.parametrize(("world_size", "workers", "eval_batch_size"), [(1, 0, 4), (2, 0, 4), (2, 2, 3), (3, 0, 2)])
+def test_validation_counts_every_image_once_over_ranks_with_equal_batch_counts(
+        demo_shards: Path, world_size: int, workers: int, eval_batch_size: int) -> None:
+    datamodule = ShardDataModule(str(demo_shards), num_workers=workers, eval_batch_size=eval_batch_size)
+    seen: Counter[str] = Counter()
+    batch_counts = []
+    for rank in range(world_size):
+        loader = datamodule.eval_loader("validate", rank=rank, world_size=world_size)
+        batches = list(loader)
+        batch_counts.append((len(batches), len(loader)))
+        for images, labels, valid in batches:
+            assert images.shape[1:] == (3, 224, 224) and images.dtype == torch.uint8
+            assert labels.dtype == torch.int64 and valid.dtype == torch.bool and len(valid) == len(images)
+            seen.update(sample_digest(image) for image, keep in zip(images, valid) if keep)
+    expected_batches = datamodule.eval_batches_per_rank("validate", world_size)
+    assert batch_counts == [(expected_batches, expected_batches)] * world_size
+    assert seen == val_digests(demo_shards)
+    assert sum(seen.values()) == datamodule.expected_count("validate") == 15
+
+
+def test_short_ranks_are_padded_with_masked_samples(demo_shards: Path) -> None:
+    # 2 ranks x 2 workers, batches of 3: rank 0 reads 4 + 4 images (4 batches), rank 1 reads 4 + 3 (3 batches)
+    datamodule = ShardDataModule(str(demo_shards), num_workers=2, eval_batch_size=3)
+    rank1 = list(datamodule.eval_loader("validate", rank=1, world_size=2))
+    assert len(rank1) == 4
+    images, labels, valid = rank1[-1]
+    assert images.shape == (1, 3, 224, 224) and not valid.any() and labels.tolist() == [0]
+
+
+@pytest.mark.parametrize(("protocol", "batch_size", "shape"), [
+    ("center", 8, (8, 1, 3, 224, 224)),
+    ("tenview", 20, (2, 10, 3, 224, 224)),
+    ("full", 8, (1, 1, 3)),
+    ("multiscale", 8, (1, 96, 3, 224, 224)),
+])
+def test_test_batches_stack_the_views_of_each_protocol(demo_shards: Path, protocol: str, batch_size: int,
+                                                       shape: tuple[int, ...]) -> None:
+    datamodule = ShardDataModule(str(demo_shards), batch_size=batch_size, num_workers=0, test_views=protocol)
+    views, labels, valid = next(iter(datamodule.eval_loader("test", rank=0, world_size=1)))
+    assert tuple(views.shape[: len(shape)]) == shape and views.dtype == torch.uint8
+    assert min(views.shape[-2:]) == (256 if protocol == "full" else 224)
+    assert labels.shape == valid.shape == (shape[0],) and bool(valid.all())
+
+
+def test_tenview_test_pass_sees_every_image_once(demo_shards: Path) -> None:
+    datamodule = ShardDataModule(str(demo_shards), num_workers=2, eval_batch_size=3, test_views="tenview")
+    seen = Counter(sample_digest(views) for rank in range(2)
+                   for batch, _, valid in datamodule.eval_loader("test", rank=rank, world_size=2)
+                   for views, keep in zip(batch, valid) if keep)
+    assert seen == val_digests(demo_shards, "tenview")
+
+
+def test_a_real_trainer_feeds_each_epoch_its_own_reproducible_stream(demo_shards: Path) -> None:
+    datamodule = ShardDataModule(str(demo_shards), batch_size=4, num_workers=2, shuffle_buffer=8, seed=7)
+    module = RecordingModule()
+    make_trainer(max_epochs=2).fit(module, datamodule=datamodule)
+    recorded = {epoch: [batch["digests"] for batch in module.records["train"] if batch["epoch"] == epoch]
+                for epoch in (0, 1)}
+    assert len(recorded[0]) == len(recorded[1]) == 15
+    assert recorded[0] == train_digests(datamodule, 0, 0, 1)
+    assert recorded[1] == train_digests(datamodule, 1, 0, 1)
+    assert recorded[0] != recorded[1]
+
+
+def test_a_trainer_that_does_not_reload_every_epoch_is_refused(demo_shards: Path) -> None:
+    datamodule = ShardDataModule(str(demo_shards), batch_size=4, num_workers=0)
+    with pytest.raises(RuntimeError, match=r"reload_dataloaders_every_n_epochs=1 \(it is 0\)"):
+        make_trainer(max_epochs=1, reload_every=0).fit(RecordingModule(), datamodule=datamodule)
+
+
+def test_validation_refuses_fewer_val_shards_than_ranks_times_workers(demo_shards: Path) -> None:
+    datamodule = ShardDataModule(str(demo_shards), num_workers=5)
+    with pytest.raises(ValueError, match="4 evaluation shards cannot feed 1 ranks x 5 loader workers"):
+        make_trainer().validate(RecordingModule(), datamodule=datamodule)

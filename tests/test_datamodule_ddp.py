@@ -1,0 +1,110 @@
+"""ShardDataModule under real 2-process gloo DDP (Lightning Trainer, CPU): tests/datamodule_probe.py runs fit
+(2 epochs), validate and test on 2 ranks and each rank dumps what it was fed.
+
+Data: ``demo_shards`` (60 train samples in 15 shards; an odd 15 val samples in 4 shards of 4, 4, 4, 3). With
+2 ranks x 2 workers and batches of 3, rank 1 has one batch fewer than rank 0 and must be padded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from datamodule_probe import train_digests, val_digests
+
+from spp_cls.data.datamodule import ShardDataModule
+
+PROBE = Path(__file__).with_name("datamodule_probe.py")
+pytestmark = [pytest.mark.slow, pytest.mark.ddp]
+
+
+def run_probe(root: Path, out: Path, *args: str, timeout: float) -> None:
+    """Runs the probe in its own process group and SIGKILLs the whole group on timeout (a hung rank ignores TERM)."""
+    out.mkdir()
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    process = subprocess.Popen([sys.executable, str(PROBE), str(root), str(out), *args], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the DDP probe hung for {timeout} s and was killed:\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+
+
+def load(out: Path, tag: str, stage: str) -> list[dict]:
+    ranks = []
+    for rank in (0, 1):
+        record = json.loads((out / f"{tag}-{stage}-rank{rank}.json").read_text())
+        assert record["world_size"] == 2
+        ranks.append(record["batches"])
+    return ranks
+
+
+def assert_exact_evaluation(ranks: list[list[dict]], expected: Counter[str], batches_per_rank: int) -> None:
+    assert [len(batches) for batches in ranks] == [batches_per_rank, batches_per_rank]
+    seen = Counter(digest for batches in ranks for batch in batches for digest in batch["digests"])
+    assert seen == expected and sum(seen.values()) == 15
+
+
+@pytest.fixture(scope="module")
+def ddp_run(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "out"
+    run_probe(demo_shards, out, "--strategy", "ddp", "--workers", "0", "2", timeout=240)
+    return out
+
+
+def probe_datamodule(root: Path, workers: int, test_views: str = "tenview") -> ShardDataModule:
+    """The datamodule exactly as the probe builds it."""
+    return ShardDataModule(str(root), batch_size=4, num_workers=workers, shuffle_buffer=8, eval_batch_size=3,
+                           test_views=test_views, seed=3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ddp_training_gives_both_ranks_equal_full_batches_of_different_reproducible_samples(
+        ddp_run: Path, demo_shards: Path, workers: int) -> None:
+    ranks = load(ddp_run, f"ddp-w{workers}", "train")
+    for batches in ranks:
+        assert Counter(batch["epoch"] for batch in batches) == {0: 7, 1: 7}  # floor(60 / (4 x 2)) per epoch
+        assert all(batch["shape"] == [4, 3, 224, 224] for batch in batches)
+        assert all(batch["dtypes"][:2] == ["torch.uint8", "torch.int64"] for batch in batches)
+    per_epoch = [{epoch: [b["digests"] for b in batches if b["epoch"] == epoch] for epoch in (0, 1)}
+                 for batches in ranks]
+    assert per_epoch[0][0] != per_epoch[1][0]
+    assert per_epoch[0][0] != per_epoch[0][1]
+    datamodule = probe_datamodule(demo_shards, workers)
+    for rank in (0, 1):
+        assert per_epoch[rank][1] == train_digests(datamodule, epoch=1, rank=rank, world_size=2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ddp_validation_counts_each_image_exactly_once(ddp_run: Path, demo_shards: Path, workers: int) -> None:
+    ranks = load(ddp_run, f"ddp-w{workers}", "validate")
+    batches = probe_datamodule(demo_shards, workers).eval_batches_per_rank("validate", world_size=2)
+    assert_exact_evaluation(ranks, val_digests(demo_shards), batches)
+    if workers == 2:  # rank 1 reads 7 images in 3 real batches, then one masked batch
+        assert [batch["size"] for batch in ranks[1]][-1] == 1 and ranks[1][-1]["digests"] == []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ddp_tenview_test_counts_each_image_exactly_once(ddp_run: Path, demo_shards: Path, workers: int) -> None:
+    ranks = load(ddp_run, f"ddp-w{workers}", "test")
+    assert all(batch["shape"][1:] == [10, 3, 224, 224] for batches in ranks for batch in batches)
+    batches = probe_datamodule(demo_shards, workers).eval_batches_per_rank("test", world_size=2)
+    assert_exact_evaluation(ranks, val_digests(demo_shards, "tenview"), batches)
+
+
+def test_ddp_spawn_validation_with_workers_counts_each_image_exactly_once(
+        demo_shards: Path, tmp_path: Path) -> None:
+    # the launcher under which webdataset's env-var splitters give every rank all the data (toolchain.md section 5)
+    out = tmp_path / "out"
+    run_probe(demo_shards, out, "--strategy", "ddp_spawn", "--workers", "2", "--stages", "validate", timeout=240)
+    batches = probe_datamodule(demo_shards, 2).eval_batches_per_rank("validate", world_size=2)
+    assert_exact_evaluation(load(out, "ddp_spawn-w2", "validate"), val_digests(demo_shards), batches)

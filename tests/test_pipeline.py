@@ -1,0 +1,237 @@
+"""Decode, the paper's train crop, corrupt-sample accounting and the per-worker streams, on real JPEG bytes and real
+tar shards written in a temporary directory."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from spp_cls.data.pipeline import (
+    CorruptSample,
+    CorruptSampleBudget,
+    EvalStream,
+    TooManyCorruptSamples,
+    TrainStream,
+    decode_rgb,
+    eval_shard_assignment,
+    parse_label,
+    shard_order,
+    train_crop,
+)
+from spp_cls.data.views import center_view, five_positions
+
+
+def jpeg_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def coordinate_image(width: int, height: int) -> torch.Tensor:
+    """uint8 CHW image whose pixels name their position: R = x, G = y (both < 256 here)."""
+    xs = torch.arange(width).expand(height, width)
+    ys = torch.arange(height).unsqueeze(1).expand(height, width)
+    return torch.stack([xs, ys, torch.zeros_like(xs)]).to(torch.uint8)
+
+
+def write_shards(directory: Path, counts: list[int], size: tuple[int, int] = (240, 232),
+                 extra: dict[int, dict[str, bytes]] | None = None) -> list[str]:
+    """Tar shards of tiny JPEGs; sample i (over all shards) has label i. ``extra[i]`` overrides/adds members."""
+    paths, index = [], 0
+    for shard, count in enumerate(counts):
+        path = directory / f"train-{shard:06d}.tar"
+        with wds.TarWriter(str(path)) as writer:
+            for _ in range(count):
+                sample = {"__key__": f"img{index:05d}", "jpg": jpeg_bytes(*size, seed=index),
+                          "cls": str(index).encode(), "json": b'{"source": "test"}'}
+                sample.update((extra or {}).get(index, {}))
+                writer.write(sample)
+                index += 1
+        paths.append(str(path))
+    return paths
+
+
+def test_decode_rgb_gives_uint8_chw_matching_pil() -> None:
+    data = jpeg_bytes(300, 200)
+    image = decode_rgb(data)
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 200, 300)
+    reference = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+    assert (image.float() - reference.float()).abs().mean() < 1.0
+
+
+def test_decode_rgb_turns_grayscale_into_three_equal_channels() -> None:
+    image = decode_rgb(jpeg_bytes(64, 48, mode="L"))
+    assert image.shape == (3, 48, 64)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+@pytest.mark.parametrize("data", [jpeg_bytes(300, 200)[:500], b"not a jpeg at all", b""])
+def test_decode_rgb_raises_corrupt_sample_on_bad_bytes(data: bytes) -> None:
+    with pytest.raises(CorruptSample, match="JPEG does not decode"):
+        decode_rgb(data)
+
+
+def test_parse_label_reads_ascii_and_checks_the_range() -> None:
+    assert parse_label(b"7", 10) == 7
+    with pytest.raises(CorruptSample, match="not an integer"):
+        parse_label(b"seven", 10)
+    with pytest.raises(CorruptSample, match=r"outside \[0, 10\)"):
+        parse_label(b"10", 10)
+
+
+def test_five_crop_uses_only_the_corners_and_center_of_the_whole_image_and_flips_half() -> None:
+    image = coordinate_image(250, 230)
+    rng = random.Random(0)
+    origins, flips = set(), 0
+    for _ in range(400):
+        crop = train_crop(image, rng, "five")
+        assert crop.shape == (3, 224, 224) and crop.dtype == torch.uint8
+        left, right = int(crop[0, 0, 0]), int(crop[0, 0, -1])
+        flips += left > right
+        origins.add((min(left, right), int(crop[1, 0, 0])))
+    assert origins == set(five_positions(250, 230)) == {(13, 3), (0, 0), (26, 0), (0, 6), (26, 6)}
+    assert 160 <= flips <= 240
+
+
+def test_random_crop_moves_over_the_whole_image() -> None:
+    image = coordinate_image(250, 230)
+    rng = random.Random(1)
+    origins = set()
+    for _ in range(200):
+        crop = train_crop(image, rng, "random")
+        left, right = int(crop[0, 0, 0]), int(crop[0, 0, -1])
+        origins.add((min(left, right), int(crop[1, 0, 0])))
+    assert len(origins) > 50
+    assert all(0 <= x0 <= 26 and 0 <= y0 <= 6 for x0, y0 in origins)
+
+
+def test_train_crop_treats_an_image_smaller_than_the_crop_as_corrupt() -> None:
+    with pytest.raises(CorruptSample, match="smaller than the 224 crop"):
+        train_crop(coordinate_image(230, 200), random.Random(0))
+
+
+def test_budget_tolerates_the_allowed_fraction_then_stops_naming_the_shard(caplog: pytest.LogCaptureFixture) -> None:
+    budget = CorruptSampleBudget(max_fraction=0.001, min_samples=1000)
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.pipeline"):
+        budget.record_corrupt("img1", "/s/train-000003.tar", "JPEG does not decode")
+    assert "img1 in /s/train-000003.tar: JPEG does not decode" in caplog.text
+    for _ in range(3000):
+        budget.record_good()
+    budget.record_corrupt("img2", "/s/a.tar", "bad")
+    budget.record_corrupt("img3", "/s/a.tar", "bad")  # 3 in 3003: at the limit
+    with pytest.raises(TooManyCorruptSamples, match=r"4 corrupt samples in 3004 seen.*img4 in shard /s/b.tar: bad"):
+        budget.record_corrupt("img4", "/s/b.tar", "bad")
+
+
+def test_budget_with_zero_fraction_stops_at_the_first_corrupt_sample() -> None:
+    with pytest.raises(TooManyCorruptSamples, match="train-000001.tar"):
+        CorruptSampleBudget(max_fraction=0.0).record_corrupt("k", "train-000001.tar", "bad")
+
+
+def test_shard_order_is_common_per_seed_and_epoch_and_visits_every_shard_per_round() -> None:
+    def first(seed: int, epoch: int, n: int = 21) -> list[int]:
+        return [i for i, _ in zip(shard_order(7, seed, epoch), range(n))]
+
+    order = first(0, 0)
+    assert order == first(0, 0)
+    assert order != first(0, 1) and order != first(1, 0)
+    for start in (0, 7, 14):
+        assert sorted(order[start : start + 7]) == list(range(7))
+
+
+def test_eval_shard_assignment_reads_every_shard_once() -> None:
+    assignment = eval_shard_assignment(7, world_size=2, workers=3)
+    flat = [i for per_rank in assignment for per_worker in per_rank for i in per_worker]
+    assert sorted(flat) == list(range(7))
+    assert assignment[1][0] == [3]
+    with pytest.raises(ValueError, match="5 evaluation shards cannot feed 2 ranks x 3 loader workers"):
+        eval_shard_assignment(5, world_size=2, workers=3)
+
+
+def train_labels(stream: TrainStream, batches: int) -> list[list[int]]:
+    iterator = iter(stream)
+    result = []
+    for _ in range(batches):
+        images, labels = next(iterator)
+        assert images.shape == (4, 3, 224, 224) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+        result.append(labels.tolist())
+    return result
+
+
+def test_train_stream_is_reproducible_per_seed_epoch_and_differs_per_rank(tmp_path: Path) -> None:
+    paths = write_shards(tmp_path, [6, 6, 6, 6])
+
+    def stream(rank: int, epoch: int) -> TrainStream:
+        return TrainStream(paths, 24, 4, rank=rank, world_size=2, seed=5, epoch=epoch, shuffle_buffer=8)
+
+    rank0 = train_labels(stream(0, 0), 5)
+    assert rank0 == train_labels(stream(0, 0), 5)
+    assert rank0 != train_labels(stream(1, 0), 5)
+    assert rank0 != train_labels(stream(0, 1), 5)
+
+
+def test_train_stream_skips_and_logs_a_corrupt_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = write_shards(tmp_path, [5], extra={2: {"jpg": b"garbage"}})
+    # the only shard is resampled, so the corrupt sample comes back once per 5 samples: allow that fraction
+    stream = TrainStream(paths, 5, 4, rank=0, world_size=1, seed=0, epoch=0, shuffle_buffer=0,
+                         max_corrupt_fraction=0.25)
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.pipeline"):
+        labels = train_labels(stream, 3)
+    assert 2 not in {label for batch in labels for label in batch}
+    assert f"img00002 in {paths[0]}: JPEG does not decode: Not a JPEG file" in caplog.text
+
+
+def test_train_stream_stops_past_the_corrupt_fraction_naming_the_shard(tmp_path: Path) -> None:
+    paths = write_shards(tmp_path, [4], extra={1: {"cls": b"99"}})
+    stream = TrainStream(paths, 4, 2, rank=0, world_size=1, seed=0, epoch=0, shuffle_buffer=0,
+                         max_corrupt_fraction=0.0)
+    with pytest.raises(TooManyCorruptSamples, match=r"img00001 in shard .*train-000000.tar: cls 99 is outside"):
+        train_labels(stream, 2)
+
+
+def test_eval_stream_yields_every_image_once_with_views_and_partial_last_batch(tmp_path: Path) -> None:
+    paths = write_shards(tmp_path, [3, 2], size=(300, 260))
+    batches = list(EvalStream(paths, 5, 2, center_view, rank=0, world_size=1))
+    assert [len(labels) for _, labels, _ in batches] == [2, 2, 1]  # the worker's shards in order, last batch partial
+    assert torch.cat([labels for _, labels, _ in batches]).tolist() == [0, 1, 2, 3, 4]
+    assert all(valid.all() and valid.dtype == torch.bool for _, _, valid in batches)
+    first = decode_rgb(jpeg_bytes(300, 260, seed=0))
+    assert torch.equal(batches[0][0][0], center_view(first))
+
+
+def test_streams_never_unpickle_sample_members(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return os.mkdir, (str(marker),)
+
+    hostile = pickle.dumps(Payload())
+    paths = write_shards(tmp_path, [3], extra={0: {"pyd": hostile, "pickle": hostile}, 1: {"cls": hostile}})
+    labels = [label for _, batch, _ in EvalStream(paths, 3, 4, center_view, rank=0, world_size=1,
+                                                  max_corrupt_fraction=0.5) for label in batch.tolist()]
+    assert labels == [0, 2]  # the sample whose cls is a pickle is counted as corrupt, never loaded
+    assert not marker.exists()
+
+
+def test_a_truncated_shard_is_counted_and_the_stream_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = write_shards(tmp_path, [4, 3])
+    data = Path(paths[0]).read_bytes()
+    Path(paths[0]).write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.pipeline"):
+        labels = [label for _, batch, _ in EvalStream(paths, 7, 8, center_view, rank=0, world_size=1,
+                                                      max_corrupt_fraction=0.5) for label in batch.tolist()]
+    assert labels[-3:] == [4, 5, 6] and len(labels) < 7
+    assert paths[0] in caplog.text
