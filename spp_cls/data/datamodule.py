@@ -29,7 +29,9 @@ import webdataset as wds
 
 from spp_cls.data.manifest import Manifest, ManifestError
 from spp_cls.data.pipeline import TRAIN_CROPS, EvalStream, TrainCrop, TrainStream, eval_shard_assignment
-from spp_cls.data.views import CROP, TEST_SHORTER_SIDE, VIEW_COUNTS, TestViews, center_view, stacked_views
+from spp_cls.data.views import (
+    CROP, TEST_SHORTER_SIDE, VIEW_COUNTS, WHOLE_IMAGE_VIEWS, TestViews, center_view, stacked_views,
+)
 
 EvalStage = Literal["validate", "test"]
 EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -62,7 +64,8 @@ class ShardDataModule(pl.LightningDataModule):
         eval_batch_size: images per validation/test batch; default ``batch_size`` for validation and
             ``max(1, batch_size // V)`` for a test protocol of V views (about as many crops as a train batch).
             The ``full`` protocol always uses 1.
-        test_views: the test protocol: ``center``, ``tenview`` (the paper's Table 2), ``full`` or ``multiscale``.
+        test_views: the test protocol: ``center``, ``tenview`` (the paper's Table 2), ``full``, ``multiscale``, or
+            ``tenview_fmap`` (the 10 windows taken on the conv maps of the whole image and its flip).
         seed: the data seed (shard order, shuffle, crops); the run's other seeds are not used here.
         max_corrupt_fraction: corrupt samples a loader worker tolerates, as a fraction of those it has seen.
     """
@@ -159,7 +162,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     def eval_batch_size_for(self, stage: EvalStage) -> int:
         """Images per validation or test batch (see ``eval_batch_size``)."""
-        if stage == "test" and self.test_views == "full":
+        if stage == "test" and self.test_views in WHOLE_IMAGE_VIEWS:
             return 1
         if self.eval_batch_size is not None:
             return self.eval_batch_size
@@ -231,7 +234,7 @@ class ShardDataModule(pl.LightningDataModule):
         """One masked sample shaped like a real batch of ``stage`` (labels 0, valid False)."""
         if stage == "validate":
             images = torch.zeros(1, 3, CROP, CROP, dtype=torch.uint8)
-        elif self.test_views == "full":
+        elif self.test_views in WHOLE_IMAGE_VIEWS:
             images = torch.zeros(1, 1, 3, TEST_SHORTER_SIDE, TEST_SHORTER_SIDE, dtype=torch.uint8)
         else:
             images = torch.zeros(1, VIEW_COUNTS[self.test_views], 3, CROP, CROP, dtype=torch.uint8)

@@ -164,9 +164,9 @@ class Manifest:
                 pca_eigvec=tuple(_floats(row, 3) for row in data["pca_eigvec"]) if has_stats else None,
                 split_dir=Path(split_dir) if split_dir is not None else None,
             )
+        except ManifestError:
+            raise
         except (KeyError, TypeError, ValueError) as error:
-            if isinstance(error, ManifestError):
-                raise
             raise ManifestError(f"malformed manifest ({type(error).__name__}: {error})") from error
 
     def _consistency_problems(self) -> list[str]:

@@ -28,8 +28,11 @@ CROP = 224
 TEST_SHORTER_SIDE = 256
 MULTISCALE_SIZES = (224, 256, 300, 360, 448, 560)
 
-TestViews = Literal["center", "tenview", "full", "multiscale"]
-VIEW_COUNTS: dict[str, int] = {"center": 1, "tenview": 10, "full": 1, "multiscale": 96}
+TestViews = Literal["center", "tenview", "full", "multiscale", "tenview_fmap"]
+VIEW_COUNTS: dict[str, int] = {"center": 1, "tenview": 10, "full": 1, "multiscale": 96, "tenview_fmap": 1}
+# Protocols that receive the whole s=256 image (batch of one) and cut their views themselves: "full" classifies it
+# as is, "tenview_fmap" takes the standard 10 windows on its conv maps (the model does that, see ten_view_boxes).
+WHOLE_IMAGE_VIEWS: tuple[str, ...] = ("full", "tenview_fmap")
 
 
 class ViewBox(NamedTuple):
@@ -154,6 +157,7 @@ _STACKED_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tenview": ten_views,
     "full": _full_stacked,
     "multiscale": multiscale_views,
+    "tenview_fmap": _full_stacked,
 }
 
 

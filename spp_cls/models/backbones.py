@@ -188,3 +188,20 @@ def total_stride(spec: TrunkSpec) -> int:
     strides = [stage.conv.stride for stage in spec.stages]
     strides += [op.stride for stage in spec.stages for op in stage.post if isinstance(op, MaxPool)]
     return math.prod(strides)
+
+
+def feature_map_geometry(spec: TrunkSpec) -> tuple[int, float]:
+    """(S, O) such that the receptive field of last-conv-map cell j is centred on input pixel S * j + O.
+
+    A layer with kernel k, stride s and padding p centres its output j on input s * j + (k - 1) / 2 - p; composing
+    the layers gives S = product of strides and O = sum of each layer's offset times the strides before it. With the
+    paper's deployment paddings (floor(k/2)) O would be 0; ours are chosen for Table 1's map sizes, so O is not.
+    """
+    stride, offset = 1, 0.0
+    for stage in spec.stages:
+        layers = [stage.conv, *(op for op in stage.post if isinstance(op, MaxPool))]
+        for layer in layers:
+            padding = layer.padding if isinstance(layer, Conv) else 0
+            offset += stride * ((layer.kernel - 1) / 2 - padding)
+            stride *= layer.stride
+    return stride, offset

@@ -15,6 +15,13 @@ from typing import Any, Protocol
 from spp_cls.paper import VARIANT_TITLES
 
 RESULTS_FILE = "results.json"
+RESULTS_PATTERN = "results_*.json"
+TABLE_PROTOCOL = "tenview"  # the paper's Table 2 protocol: 4 corners + center of the s=256 image, each flipped
+
+
+def results_filename(protocol: str) -> str:
+    """results.json for the paper's 10-view test; results_<protocol>.json for the others, so none overwrites it."""
+    return RESULTS_FILE if protocol == TABLE_PROTOCOL else f"results_{protocol}.json"
 KNOWN_VARIANTS: tuple[str, ...] = tuple(VARIANT_TITLES)
 
 # The keys every results.json must hold; extra keys are tolerated.
@@ -147,7 +154,8 @@ def check_unique_cells(results: Iterable[RunResult]) -> None:
 
 
 def find_result_files(path: str | Path) -> list[Path]:
-    """The results.json files at or under `path` (a file is taken as is), sorted.
+    """The results files at or under `path` (a file is taken as is), sorted: `results.json` (the 10-view test) and
+    `results_<protocol>.json` (other test protocols of the same run).
 
     Raises:
         ResultsError: `path` does not exist.
@@ -157,7 +165,7 @@ def find_result_files(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ResultsError(f"{path}: no such file or directory")
-    return sorted(path.rglob(RESULTS_FILE))
+    return sorted([*path.rglob(RESULTS_FILE), *path.rglob(RESULTS_PATTERN)])
 
 
 def collect(paths: Iterable[str | Path]) -> list[RunResult]:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spp_cls.paper import BACKBONE_TITLES, BACKBONES, VARIANT_TITLES, VARIANTS, PaperError, paper_error
+from spp_cls.report.results import TABLE_PROTOCOL as TENVIEW
 from spp_cls.report.results import ResultsError, RunResult, check_unique_cells, collect, from_wandb
 
-TENVIEW = "tenview"  # the paper's Table 2 protocol: 4 corners + center of the s=256 image, each flipped
 BASELINE = "nospp"
 RANDOM_SIZE = "spp_random"
 METRICS: tuple[tuple[str, str], ...] = (("top1", "top-1 err (%)"), ("top5", "top-5 err (%)"))

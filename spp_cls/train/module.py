@@ -10,10 +10,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ..models import PAPER_LEVELS, create
+from ..models import PAPER_LEVELS, TRUNKS, create, feature_map_geometry
 from ..models.init import Init
 from ..models.net import Head
 from .augment import InputTransform
+from .fmap import tenview_on_feature_maps
 from .metrics import TopKErrorSums
 from .schedule import SizeSchedule, train_size, variant_name
 
@@ -99,12 +100,14 @@ class SppClassifier(pl.LightningModule):
         return train_size(self.hparams.size_schedule, self.current_epoch, self.hparams.seed,
                           tuple(self.hparams.train_sizes))
 
+    def normalise(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
+        """uint8 (N, 3, H, W) images -> the network's float input (resized, colour noise if training, mean off)."""
+        x = self.transform(images, size=size, train=train)
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
     def forward(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
         """uint8 (N, 3, H, W) images -> logits."""
-        x = self.transform(images, size=size, train=train)
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self.normalise(images, size=size, train=train))
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -164,10 +167,25 @@ class SppClassifier(pl.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         views, labels, valid = batch
+        if getattr(self.trainer.datamodule, "test_views", None) == "tenview_fmap":
+            probabilities = torch.cat([self.tenview_fmap_scores(image[None]) for image in views[:, 0]])
+        else:
+            probabilities = self.view_scores(views)
+        self.eval_sums.update(probabilities, labels, valid)
+
+    def view_scores(self, views: torch.Tensor) -> torch.Tensor:
+        """Softmax averaged over the views of each image: uint8 (B, V, 3, H, W) -> (B, num_classes)."""
         batch_size, num_views = views.shape[:2]
         logits = self(views.flatten(0, 1))
-        probabilities = logits.float().softmax(dim=1).view(batch_size, num_views, -1).mean(dim=1)
-        self.eval_sums.update(probabilities, labels, valid)
+        return logits.float().softmax(dim=1).view(batch_size, num_views, -1).mean(dim=1)
+
+    def tenview_fmap_scores(self, image: torch.Tensor) -> torch.Tensor:
+        """The standard 10 views on the conv maps of one uint8 (1, 3, H, W) image at s=256: (1, num_classes)."""
+        if self.hparams.backbone not in TRUNKS:
+            raise ValueError(f"tenview_fmap needs one of the paper backbones ({', '.join(TRUNKS)}): it maps windows "
+                             "with their strides and paddings")
+        geometry = feature_map_geometry(TRUNKS[self.hparams.backbone])
+        return tenview_on_feature_maps(self.net, self.normalise(image), geometry)
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test", "test")

@@ -12,8 +12,9 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
+from ..report.results import results_filename
+
 SUMMARY_FILE = "summary.csv"
-RESULTS_FILE = "results.json"
 SUMMARY_COLUMNS = ("epoch", "train_size", "lr", "train_loss", "val_top1_err", "val_top5_err", "train_images_per_s")
 
 
@@ -29,7 +30,7 @@ def git_commit() -> str | None:
 
 
 class RunRecorder(Checkpoint):
-    """Writes summary.csv at every epoch end and results.json after a test, on global rank 0 only.
+    """Writes summary.csv at every epoch end and the results file after a test, on global rank 0 only.
 
     NOTE: it derives from Checkpoint only so that Lightning calls its on_train_epoch_end after the LightningModule's
     (Lightning runs checkpoint-like callbacks last), when the epoch's loss and throughput have been logged.
@@ -97,9 +98,10 @@ class RunRecorder(Checkpoint):
         if any(isinstance(v, float) and math.isnan(v) for v in results.values()):
             raise RuntimeError(f"test produced no numbers ({results}); is the val split empty?")
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / (RESULTS_FILE + ".tmp")
+        path = self.directory / results_filename(results["test_protocol"])
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(self.directory / RESULTS_FILE)
+        tmp.replace(path)
         for logger in trainer.loggers:
             experiment: Any = getattr(logger, "experiment", None)
             if hasattr(experiment, "summary"):
