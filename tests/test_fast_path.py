@@ -1,0 +1,43 @@
+"""The GPU fast-path switches run on the CPU too: torch.compile with two static shapes, bf16 autocast, channels_last."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import torch._dynamo
+
+from spp_cls.cli import main
+from spp_cls.models import create
+from test_fit_cli import cpu_args
+
+pytestmark = pytest.mark.slow
+
+
+def test_compiled_network_has_one_graph_per_training_size_and_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = create("zf5", head="spp", num_classes=4, width=0.0625, init="kaiming").eval()
+    compiled = create("zf5", head="spp", num_classes=4, width=0.0625, init="kaiming").eval()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(dynamic=False)
+    torch._dynamo.utils.counters.clear()
+    for size in (224, 180, 224, 180):  # the alternate schedule: must not recompile every epoch
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+def test_fit_with_bf16_autocast_and_channels_last(demo_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "2", "--trainer.precision", "bf16-mixed",
+                    "--model.channels_last", "true", "--trainer.deterministic", "false", "--wandb", "false")
+    assert main(["fit", *args]) == 0
+    run = tmp_path / "t" / "zf5-spp_multi"
+    with (run / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["train_size"] for row in rows] == ["224", "180"]
+    assert all(float(row["train_loss"]) > 0 for row in rows)
+    state = torch.load(run / "last.ckpt", weights_only=False)["state_dict"]
+    assert state["net.trunk.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
