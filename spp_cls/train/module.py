@@ -80,7 +80,8 @@ class SppClassifier(pl.LightningModule):
             self.net.compile(dynamic=False)  # in place: the state dict keeps its keys
         self.transform = InputTransform(pca_std)
         self.eval_sums = TopKErrorSums()
-        self.train_loss_sum = torch.zeros(2, dtype=torch.float64)
+        self.train_loss_sum = torch.zeros((), dtype=torch.float64)
+        self._epoch_size = train_sizes[0]
         self.train_time_s = 0.0
         self.train_images = 0
         self.epochs_completed = 0
@@ -119,16 +120,16 @@ class SppClassifier(pl.LightningModule):
         # Every random draw of an epoch (dropout, colour noise) is a function of (seed, epoch, rank), so a run
         # resumed at an epoch boundary continues exactly as the uninterrupted run would.
         torch.manual_seed(self.hparams.seed * 1_000_003 + self.current_epoch * 1_009 + self.global_rank)
-        self.train_loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self.train_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._epoch_images = 0
+        self._epoch_size = self.current_train_size()
         self._epoch_started = time.perf_counter()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self(images, size=self.current_train_size(), train=True)
+        logits = self(images, size=self._epoch_size, train=True)
         loss = F.cross_entropy(logits, labels)
-        self.train_loss_sum += torch.stack([loss.detach().double() * labels.numel(),
-                                            torch.tensor(labels.numel(), dtype=torch.float64, device=self.device)])
+        self.train_loss_sum += loss.detach().double() * labels.numel()  # stays on the device: no sync per step
         self._epoch_images += labels.numel()
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -138,14 +139,15 @@ class SppClassifier(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         elapsed = max(self._last_batch_end - self._epoch_started, 0.0)  # training only, not validation
-        loss_sum, count = self.trainer.strategy.reduce(self.train_loss_sum, reduce_op="sum").tolist()
+        sums = torch.stack([self.train_loss_sum, self.train_loss_sum.new_tensor(float(self._epoch_images))])
+        loss_sum, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
         images = self._epoch_images * self.trainer.world_size
         self.train_time_s += elapsed
         self.train_images += images
         self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log_dict({
             "train/epoch_loss": loss_sum / max(count, 1),
-            "train/size": float(self.current_train_size()),
+            "train/size": float(self._epoch_size),
             "train/images_per_s": images / elapsed if elapsed > 0 else 0.0,
             "lr": self.epoch_lr,
         })
