@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from datamodule_probe import train_digests, val_digests
+from processes import run_hard_timeout
 
 from spp_cls.data.datamodule import ShardDataModule
 
@@ -28,15 +27,8 @@ def run_probe(root: Path, out: Path, *args: str, timeout: float) -> None:
     """Runs the probe in its own process group and SIGKILLs the whole group on timeout (a hung rank ignores TERM)."""
     out.mkdir()
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    process = subprocess.Popen([sys.executable, str(PROBE), str(root), str(out), *args], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"the DDP probe hung for {timeout} s and was killed:\n{output[-3000:]}")
-    assert process.returncode == 0, output[-3000:]
+    done = run_hard_timeout([sys.executable, str(PROBE), str(root), str(out), *args], timeout, env)
+    assert done.returncode == 0, done.stdout[-3000:]
 
 
 def load(out: Path, tag: str, stage: str) -> list[dict]:

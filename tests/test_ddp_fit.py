@@ -3,30 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from processes import run_hard_timeout
 from test_fit_cli import cpu_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 SPP_CLS = str(Path(sys.executable).with_name("spp-cls"))
-
-
-def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run in a new process group and SIGKILL the whole group on timeout: a hung DDP rank ignores SIGTERM."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{command[1]} hung for {timeout} s (killed):\n{output[-3000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, output)
 
 
 def test_two_rank_fit_and_test_agree_on_steps_sizes_and_count_every_image_once(demo_shards, tmp_path):
