@@ -6,6 +6,7 @@
     spp-cls models                                        the registered networks and their paper targets
     spp-cls demo                                          the whole path on synthetic data, on the CPU
     spp-cls bench                                         throughput of models, data path and harness
+    spp-cls run-dir --config FILE [--runs_dir DIR]        where that config's run lives (for job scripts)
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": _models,
         "demo": _demo,
         "bench": _bench,
+        "run-dir": _run_dir,
     }
     if command not in handlers:
         print(f"spp-cls: error: unknown command {command!r}; commands: {', '.join(handlers)}", file=sys.stderr)
@@ -82,6 +84,28 @@ def _bench(argv: list[str]) -> int:
     from .bench import main as bench_main
 
     return bench_main(argv)
+
+
+def _run_dir(argv: list[str]) -> int:
+    """Print the run directory of a config without importing Lightning (job scripts use it to skip finished cells)."""
+    import argparse
+
+    import yaml
+
+    from .train.rundir import run_dir
+    from .train.schedule import variant_name
+
+    parser = argparse.ArgumentParser(prog="spp-cls run-dir")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--runs_dir", help="overrides the config's runs_dir")
+    parser.add_argument("--experiment", help="overrides the config's experiment")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(args.config.read_text()) or {}
+    model = config.get("model", {})
+    name = f"{model.get('backbone', 'zf5')}-{variant_name(model.get('head', 'spp'), model.get('size_schedule', 'fixed'))}"
+    print(run_dir(args.runs_dir or config.get("runs_dir", "runs"), args.experiment or config.get("experiment", "default"),
+                  name))
+    return 0
 
 
 def _lightning(argv: list[str]) -> int:
@@ -165,6 +189,7 @@ def _save_config_class() -> type:
 
 
 def _cli_class(base: type) -> type:
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import WandbLogger
     from pytorch_lightning.utilities import rank_zero_info
@@ -217,6 +242,10 @@ def _cli_class(base: type) -> type:
                 RunRecorder(directory, self.run_config.experiment, config_hash(config)),
             ]
             kwargs["default_root_dir"] = str(directory)
+            if self.subcommand != "fit" and SLURMEnvironment.detect() and not trainer_config.get("plugins"):
+                # only `fit` may requeue itself: an HPC checkpoint saved during a test holds no training progress,
+                # and the requeued job's `fit` would resume from it
+                kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
             if self.run_config.wandb and trainer_config.get("logger") in (None, True):
                 hp = self.model.hparams
                 kwargs["logger"] = WandbLogger(

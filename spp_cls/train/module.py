@@ -82,6 +82,7 @@ class SppClassifier(pl.LightningModule):
         self.eval_sums = TopKErrorSums()
         self.train_loss_sum = torch.zeros((), dtype=torch.float64)
         self._epoch_size = train_sizes[0]
+        self._epoch_begun = -1
         self.train_time_s = 0.0
         self.train_images = 0
         self.epochs_completed = 0
@@ -117,6 +118,9 @@ class SppClassifier(pl.LightningModule):
 
     # ---- training -----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
+        self._begin_epoch()
+
+    def _begin_epoch(self) -> None:
         # Every random draw of an epoch (dropout, colour noise) is a function of (seed, epoch, rank), so a run
         # resumed at an epoch boundary continues exactly as the uninterrupted run would.
         torch.manual_seed(self.hparams.seed * 1_000_003 + self.current_epoch * 1_009 + self.global_rank)
@@ -124,9 +128,12 @@ class SppClassifier(pl.LightningModule):
         self._epoch_images = 0
         self._epoch_size = self.current_train_size()
         self._epoch_started = time.perf_counter()
+        self._epoch_begun = self.current_epoch
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        if self._epoch_begun != self.current_epoch:  # resumed mid-epoch: Lightning skips on_train_epoch_start
+            self._begin_epoch()
         logits = self(images, size=self._epoch_size, train=True)
         loss = F.cross_entropy(logits, labels)
         self.train_loss_sum += loss.detach().double() * labels.numel()  # stays on the device: no sync per step
