@@ -1,7 +1,10 @@
 """`ShardDataModule`: the LightningDataModule over the webdataset shards written by `spp-cls shards`.
 
 Batches (all uint8 images, see DESIGN.md conventions):
-- train: ``(images [B, 3, 224, 224], labels int64 [B])``, B = ``batch_size`` per rank;
+- train: ``(images [B, 3, 224, 224], labels int64 [B])``, B = ``batch_size`` per rank. With ``decode="device"``
+  the loader yields a :class:`~spp_cls.data.device_decode.JpegBatch` (the same B samples and windows, still
+  JPEG-encoded) and this module's ``on_after_batch_transfer`` hook turns it into that pair on the training device,
+  so a LightningModule receives the same batches either way;
 - validate (center crop): ``(images [B, 3, 224, 224], labels int64 [B], valid bool [B])``;
 - test (the val shards under a test protocol): ``(views [B, V, 3, H, W], labels int64 [B], valid bool [B])``,
   V = 1 (center, full), 10 (tenview), 96 (multiscale); ``full`` uses B = 1 (the images differ in size).
@@ -21,19 +24,24 @@ import math
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import webdataset as wds
 
+from spp_cls.data.device_decode import JpegBatch, JpegTrainStream, decode_train_batch
 from spp_cls.data.manifest import Manifest, ManifestError
-from spp_cls.data.pipeline import TRAIN_CROPS, EvalStream, TrainCrop, TrainStream, eval_shard_assignment
+from spp_cls.data.pipeline import (
+    TRAIN_CROPS, CorruptSampleBudget, EvalStream, TrainCrop, TrainStream, eval_shard_assignment,
+)
 from spp_cls.data.views import (
     CROP, TEST_SHORTER_SIDE, VIEW_COUNTS, WHOLE_IMAGE_VIEWS, TestViews, center_view, stacked_views,
 )
 
 EvalStage = Literal["validate", "test"]
+Decode = Literal["cpu", "device"]
+DECODES = ("cpu", "device")
 EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -68,6 +76,15 @@ class ShardDataModule(pl.LightningDataModule):
             ``tenview_fmap`` (the 10 windows taken on the conv maps of the whole image and its flip).
         seed: the data seed (shard order, shuffle, crops); the run's other seeds are not used here.
         max_corrupt_fraction: corrupt samples a loader worker tolerates, as a fraction of those it has seen.
+        decode: where training JPEGs are decoded: ``"cpu"`` in the loader workers, or ``"device"``: the workers only
+            read headers and draw the windows, and :meth:`on_after_batch_transfer` decodes, crops and flips each
+            batch on the training device (``torchvision.io.decode_jpeg`` in batches: nvJPEG on CUDA), so the CPU
+            cores stop limiting a GPU run. The same windows and flips for the same seed either way. Validation and
+            test always decode on the CPU.
+
+    Attributes:
+        decode_budget: counts (and caps, as ``max_corrupt_fraction``) the files that pass the workers' header check
+            but fail to decode on the device, in this process (see :mod:`spp_cls.data.device_decode`).
     """
 
     def __init__(
@@ -81,6 +98,7 @@ class ShardDataModule(pl.LightningDataModule):
             test_views: TestViews = "tenview",
             seed: int = 0,
             max_corrupt_fraction: float = 0.001,
+            decode: Decode = "cpu",
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -91,6 +109,8 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown train_crop {train_crop!r}; known: {', '.join(TRAIN_CROPS)}")
         if test_views not in VIEW_COUNTS:
             raise ValueError(f"unknown test_views {test_views!r}; known: {', '.join(VIEW_COUNTS)}")
+        if decode not in DECODES:
+            raise ValueError(f"unknown decode {decode!r}; known: {', '.join(DECODES)}")
         self.root = Path(root)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -100,6 +120,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.test_views = test_views
         self.seed = seed
         self.max_corrupt_fraction = max_corrupt_fraction
+        self.decode = decode
+        self.decode_budget = CorruptSampleBudget(max_corrupt_fraction)
         self.train_manifest = Manifest.load(self.root / "train")
         self.val_manifest = Manifest.load(self.root / "val")
         train_wnids = [c.wnid for c in self.train_manifest.classes]
@@ -184,7 +206,8 @@ class ShardDataModule(pl.LightningDataModule):
         rank = self.rank if rank is None else rank
         world_size = self.world_size if world_size is None else world_size
         batches = self.train_batches_per_rank(world_size)
-        stream = TrainStream(
+        stream_class = JpegTrainStream if self.decode == "device" else TrainStream
+        stream = stream_class(
             [str(path) for path in self.train_manifest.shard_paths], self.num_classes, self.batch_size,
             rank=rank, world_size=world_size, seed=self.seed, epoch=epoch, crop_mode=self.train_crop,
             shuffle_buffer=self.shuffle_buffer, max_corrupt_fraction=self.max_corrupt_fraction,
@@ -216,6 +239,16 @@ class ShardDataModule(pl.LightningDataModule):
         # NOTE: a run resumed mid-epoch restarts that epoch's stream from its beginning (resampled data makes this
         # statistically harmless); what is resumed is the epoch number, not the position in the sample order.
         return self.train_loader(epoch=self.trainer.current_epoch)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``decode="device"``: decodes, crops and flips a training batch on the device it was sent to.
+
+        Lightning runs a datamodule's override of this hook instead of the LightningModule's (and warns if both
+        override it), so a module used with ``decode="device"`` must not override it.
+        """
+        if isinstance(batch, JpegBatch):
+            return decode_train_batch(batch, batch.labels.device, self.decode_budget)
+        return batch
 
     def val_dataloader(self) -> wds.WebLoader:
         return self.eval_loader("validate")

@@ -73,22 +73,28 @@ def parse_label(cls_bytes: bytes, num_classes: int) -> int:
     return label
 
 
-def read_sample(sample: dict[str, Any], num_classes: int) -> tuple[torch.Tensor, int]:
-    """The decoded image and label of a raw webdataset sample (only ``jpg`` and ``cls`` are read)."""
+def jpeg_and_label(sample: dict[str, Any], num_classes: int) -> tuple[bytes, int]:
+    """The JPEG bytes and the checked label of a raw webdataset sample (only ``jpg`` and ``cls`` are read)."""
     for member in ("jpg", "cls"):
         if member not in sample:
             raise CorruptSample(f"no '{member}' member")
-    return decode_rgb(sample["jpg"]), parse_label(sample["cls"], num_classes)
+    return sample["jpg"], parse_label(sample["cls"], num_classes)
 
 
-def train_crop(image: torch.Tensor, rng: random.Random, mode: TrainCrop = "five", crop: int = CROP) -> torch.Tensor:
-    """The paper's training view of a (3, H, W) image already resized to shorter side 256.
+def read_sample(sample: dict[str, Any], num_classes: int) -> tuple[torch.Tensor, int]:
+    """The decoded image and label of a raw webdataset sample."""
+    jpeg, label = jpeg_and_label(sample, num_classes)
+    return decode_rgb(jpeg), label
 
-    A ``crop`` x ``crop`` window at one of five positions (the four corners and the center of the whole image) for
-    ``mode="five"``, or at a uniformly random position for ``mode="random"``, then a horizontal flip with p=0.5.
-    Pure indexing on uint8: the result may be a view of ``image``.
+
+def crop_window(width: int, height: int, rng: random.Random, mode: TrainCrop = "five",
+                crop: int = CROP) -> tuple[int, int, bool]:
+    """The random draws of the paper's training view of a ``width`` x ``height`` image: ``(x0, y0, flip)``.
+
+    The top-left corner of a ``crop`` x ``crop`` window at one of five positions (the four corners and the center of
+    the whole image) for ``mode="five"``, or at a uniformly random position for ``mode="random"``; then a horizontal
+    flip with p=0.5. Both decode paths draw through this function, so they pick the same windows from one RNG.
     """
-    height, width = image.shape[-2:]
     if width < crop or height < crop:
         raise CorruptSample(f"image {width}x{height} is smaller than the {crop} crop")
     if mode == "five":
@@ -97,8 +103,18 @@ def train_crop(image: torch.Tensor, rng: random.Random, mode: TrainCrop = "five"
         x0, y0 = rng.randint(0, width - crop), rng.randint(0, height - crop)
     else:
         raise ValueError(f"unknown train crop {mode!r}; known: {', '.join(TRAIN_CROPS)}")
+    return x0, y0, rng.random() < 0.5
+
+
+def train_crop(image: torch.Tensor, rng: random.Random, mode: TrainCrop = "five", crop: int = CROP) -> torch.Tensor:
+    """The paper's training view (see :func:`crop_window`) of a (3, H, W) image already resized to shorter side 256.
+
+    Pure indexing on uint8: the result may be a view of ``image``.
+    """
+    height, width = image.shape[-2:]
+    x0, y0, flip = crop_window(width, height, rng, mode, crop)
     window = image[:, y0 : y0 + crop, x0 : x0 + crop]
-    return window.flip(-1) if rng.random() < 0.5 else window
+    return window.flip(-1) if flip else window
 
 
 class CorruptSampleBudget:
@@ -221,7 +237,9 @@ class TrainStream(IterableDataset):
     """Endless batches ``(uint8 [B, 3, 224, 224], int64 [B])`` of one rank for one epoch; each DataLoader worker
     runs its own copy over its own share of the (seed, epoch) shard order. Only full batches are emitted.
 
-    The consumer decides the epoch length (``WebLoader.with_epoch``).
+    The consumer decides the epoch length (``WebLoader.with_epoch``). A subclass changes what is made of each sample
+    (:meth:`prepare`) and how the items are batched (:meth:`collate`), never the sample order or the RNG draws
+    (:class:`~spp_cls.data.device_decode.JpegTrainStream` ships the JPEG bytes and the drawn windows undecoded).
     """
 
     def __init__(
@@ -252,7 +270,7 @@ class TrainStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.max_corrupt_fraction = max_corrupt_fraction
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         worker, workers = worker_position()
         stream_index, streams = self.rank * workers + worker, self.world_size * workers
         rng = random.Random(derive_seed("samples", self.seed, self.epoch, self.rank, worker))
@@ -260,20 +278,28 @@ class TrainStream(IterableDataset):
         shards = (self.shard_paths[i] for i in islice(shard_order(len(self.shard_paths), self.seed, self.epoch),
                                                       stream_index, None, streams))
         samples = shuffled(raw_samples(shards, budget), self.shuffle_buffer, rng)
-        crops = self._crops(samples, rng, budget)
-        return wds.batched(self.batch_size, collation_fn=collate_train, partial=False)(crops)
+        items = self._items(samples, rng, budget)
+        return wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(items)
 
-    def _crops(self, samples: Iterable[dict[str, Any]], rng: random.Random,
-               budget: CorruptSampleBudget) -> Iterator[tuple[torch.Tensor, int]]:
+    def prepare(self, sample: dict[str, Any], rng: random.Random) -> Any:
+        """One training item of a raw sample: ``(uint8 crop [3, 224, 224], label)``; raises :class:`CorruptSample`
+        before any draw from ``rng`` when the sample cannot be used."""
+        image, label = read_sample(sample, self.num_classes)
+        return train_crop(image, rng, self.crop_mode), label
+
+    def collate(self, items: list[Any]) -> Any:
+        return collate_train(items)
+
+    def _items(self, samples: Iterable[dict[str, Any]], rng: random.Random,
+               budget: CorruptSampleBudget) -> Iterator[Any]:
         for sample in samples:
             try:
-                image, label = read_sample(sample, self.num_classes)
-                crop = train_crop(image, rng, self.crop_mode)
+                item = self.prepare(sample, rng)
             except CorruptSample as exn:
                 budget.record_corrupt(sample.get("__key__", "?"), sample.get("__url__", "?"), str(exn))
                 continue
             budget.record_good()
-            yield crop, label
+            yield item
 
 
 class EvalStream(IterableDataset):
