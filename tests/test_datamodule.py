@@ -136,3 +136,13 @@ def test_validation_refuses_fewer_val_shards_than_ranks_times_workers(demo_shard
     datamodule = ShardDataModule(str(demo_shards), num_workers=5)
     with pytest.raises(ValueError, match="4 evaluation shards cannot feed 1 ranks x 5 loader workers"):
         make_trainer().validate(RecordingModule(), datamodule=datamodule)
+
+
+def test_eval_workers_can_be_fewer_than_training_workers(demo_shards: Path) -> None:
+    """4 val shards cannot feed 2 ranks x 5 workers, but 2 ranks x 2 eval workers while training keeps 5."""
+    with pytest.raises(ValueError, match="lower data.eval_workers"):
+        ShardDataModule(str(demo_shards), num_workers=5).eval_loader("validate", rank=0, world_size=2)
+    datamodule = ShardDataModule(str(demo_shards), num_workers=5, eval_workers=2, eval_batch_size=3)
+    seen = [int(label) for rank in (0, 1) for _, labels, valid in datamodule.eval_loader("validate", rank, 2)
+            for label in labels[valid]]
+    assert len(seen) == 15 and sorted(seen) == sorted([c for c in range(5) for _ in range(3)])

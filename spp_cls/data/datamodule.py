@@ -67,6 +67,9 @@ class ShardDataModule(pl.LightningDataModule):
         root: the ``--out`` directory of `spp-cls shards`.
         batch_size: training batch per rank (the global batch is ``batch_size * world_size``).
         num_workers: DataLoader worker processes per rank (0: load in the main process).
+        eval_workers: loader workers per rank for validation and test (default ``num_workers``). Each (rank,
+            worker) reads whole val shards, so ranks x eval workers may not exceed the val shards (ImageNet val at
+            the default ``--shard-size 1000`` has 50 shards: 8 ranks x 6 workers).
         train_crop: ``"five"`` (the paper: 4 corners + center of the whole image) or ``"random"`` positions.
         shuffle_buffer: samples per loader worker in the shuffle buffer (raw JPEG bytes, before decoding).
         eval_batch_size: images per validation/test batch; default ``batch_size`` for validation and
@@ -92,6 +95,7 @@ class ShardDataModule(pl.LightningDataModule):
             root: str,
             batch_size: int = 128,
             num_workers: int = 8,
+            eval_workers: int | None = None,
             train_crop: TrainCrop = "five",
             shuffle_buffer: int = 2000,
             eval_batch_size: int | None = None,
@@ -103,8 +107,8 @@ class ShardDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if num_workers < 0 or (eval_workers is not None and eval_workers < 0):
+            raise ValueError(f"worker counts must be >= 0, got {num_workers} and {eval_workers}")
         if train_crop not in TRAIN_CROPS:
             raise ValueError(f"unknown train_crop {train_crop!r}; known: {', '.join(TRAIN_CROPS)}")
         if test_views not in VIEW_COUNTS:
@@ -114,6 +118,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.eval_workers = num_workers if eval_workers is None else eval_workers
         self.train_crop = train_crop
         self.shuffle_buffer = shuffle_buffer
         self.eval_batch_size = eval_batch_size
@@ -153,8 +158,8 @@ class ShardDataModule(pl.LightningDataModule):
 
     @property
     def loader_workers(self) -> int:
-        """Streams per rank: loader workers, or 1 when loading in the main process."""
-        return max(1, self.num_workers)
+        """Evaluation streams per rank: eval loader workers, or 1 when loading in the main process."""
+        return max(1, self.eval_workers)
 
     def setup(self, stage: str) -> None:
         if self.trainer is not None:
@@ -212,7 +217,7 @@ class ShardDataModule(pl.LightningDataModule):
             rank=rank, world_size=world_size, seed=self.seed, epoch=epoch, crop_mode=self.train_crop,
             shuffle_buffer=self.shuffle_buffer, max_corrupt_fraction=self.max_corrupt_fraction,
         )
-        return self._loader(stream).with_epoch(nbatches=batches).with_length(batches, silent=True)
+        return self._loader(stream, self.num_workers).with_epoch(nbatches=batches).with_length(batches, silent=True)
 
     def eval_loader(self, stage: EvalStage, rank: int | None = None, world_size: int | None = None) -> wds.WebLoader:
         """The validation (center crop) or test (``test_views``) batches of one rank, padded to equal length."""
@@ -225,7 +230,7 @@ class ShardDataModule(pl.LightningDataModule):
         )
         batches = self.eval_batches_per_rank(stage, world_size)
         padded = partial(pad_batches, total=batches, padding=self._padding_batch(stage))
-        return self._loader(stream).compose(padded).with_length(batches, silent=True)
+        return self._loader(stream, self.eval_workers).compose(padded).with_length(batches, silent=True)
 
     def train_dataloader(self) -> wds.WebLoader:
         if self.trainer is None:
@@ -256,10 +261,11 @@ class ShardDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> wds.WebLoader:
         return self.eval_loader("test")
 
-    def _loader(self, stream: torch.utils.data.IterableDataset) -> wds.WebLoader:
+    @staticmethod
+    def _loader(stream: torch.utils.data.IterableDataset, workers: int) -> wds.WebLoader:
         # persistent_workers stays False: each epoch's stream is a new object (epoch-dependent pipeline).
         return wds.WebLoader(
-            stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
         )
 

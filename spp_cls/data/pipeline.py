@@ -189,7 +189,7 @@ def eval_shard_assignment(num_shards: int, world_size: int, workers: int) -> lis
         raise ValueError(
             f"{num_shards} evaluation shards cannot feed {world_size} ranks x {workers} loader workers "
             f"({slots} streams): write the val split into at least {slots} shards (`spp-cls shards --shard-size`) "
-            f"or lower data.num_workers"
+            f"or lower data.eval_workers"
         )
     return [[list(range(rank * workers + worker, num_shards, slots)) for worker in range(workers)]
             for rank in range(world_size)]
