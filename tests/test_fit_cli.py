@@ -24,7 +24,7 @@ def cpu_args(shards: Path, runs: Path, *extra: str) -> list[str]:
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--model.width", "0.125", "--model.init", "kaiming", "--model.channels_last", "false",
         "--model.reference_batch", "8", "--model.lr", "0.005",
-        "--data.batch_size", "8", "--data.num_workers", "0", *extra,
+        "--data.batch_size", "8", "--data.num_workers", "0", "--data.eval_workers", "0", *extra,
     ]
 
 
