@@ -16,7 +16,7 @@ CPU_OVERRIDES = (
     "--trainer.accelerator cpu --trainer.strategy auto --trainer.precision 32-true --trainer.max_epochs 1 "
     "--trainer.enable_progress_bar false --trainer.enable_model_summary false --model.width 0.125 "
     "--model.init kaiming --model.channels_last false --model.reference_batch 8 --data.batch_size 8 "
-    "--data.num_workers 0 --wandb false"
+    "--data.num_workers 0 --data.eval_workers 0 --wandb false"
 )
 
 

@@ -19,7 +19,7 @@ CONFIG = "configs/table1/zf5_spp_multi.yaml"
 CPU_OVERRIDES = (
     "--trainer.accelerator cpu --trainer.strategy ddp --trainer.precision 32-true --trainer.enable_progress_bar false "
     "--trainer.enable_model_summary false --model.width 0.125 --model.init kaiming --model.channels_last false "
-    "--model.reference_batch 8 --model.lr 0.005 --data.batch_size 8 --experiment t"
+    "--model.reference_batch 8 --model.lr 0.005 --data.batch_size 8 --data.eval_workers 1 --experiment t"
 )
 
 
