@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data.datamodule import ShardDataModule
+from .data.device_decode import JpegBatch, decode_train_batch
 from .data.shards import convert
 from .data.synthetic import make_imagenet_folder
 from .data.views import CROP, TEST_SHORTER_SIDE, ten_views
@@ -123,6 +124,7 @@ class BenchSettings:
     precision: str
     compile: bool
     out: Path | None
+    decode: str = "cpu"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="32", help="bf16: autocast, fp32 weights")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (one graph per size)")
+    parser.add_argument("--decode", choices=("cpu", "device"), default="cpu",
+                        help="where training JPEGs are decoded: in the loader workers, or batched on the device "
+                             "(data.decode); run both on a GPU node to choose")
     parser.add_argument("--out", type=Path, help="also write the results as JSON to this file")
     return parser
 
@@ -228,6 +233,7 @@ def parse_settings(argv: Sequence[str]) -> BenchSettings:
         precision=args.precision,
         compile=args.compile,
         out=args.out,
+        decode=args.decode,
     )
 
 
@@ -376,18 +382,20 @@ def synthetic_shards(work: Path, batch_size: int, workers: int) -> DataSource:
     return DataSource(work / "shards", f"synthetic ({total} JPEGs in {shards} shards)")
 
 
-def open_datamodule(source: DataSource, batch_size: int, workers: int) -> ShardDataModule:
+def open_datamodule(source: DataSource, batch_size: int, workers: int, decode: str = "cpu") -> ShardDataModule:
     try:
-        datamodule = ShardDataModule(str(source.root), batch_size=batch_size, num_workers=workers)
+        datamodule = ShardDataModule(str(source.root), batch_size=batch_size, num_workers=workers, decode=decode)
         datamodule.train_batches_per_rank(1)
     except ValueError as error:
         raise BenchUsageError(f"--data {source.root}: {str(error).splitlines()[0]}") from None
     return datamodule
 
 
-def shard_batches(datamodule: ShardDataModule, count: int) -> Iterator[Batch]:
-    """`count` training batches of epoch 0 from one set of loader workers (the train stream is endless, resampled)."""
-    return iter(datamodule.train_loader(epoch=0).with_epoch(nbatches=count))
+def shard_batches(datamodule: ShardDataModule, count: int, device: torch.device) -> Iterator[Batch]:
+    """`count` training batches of epoch 0 from one set of loader workers (the train stream is endless, resampled);
+    with decode=device each batch is decoded, cropped and flipped on `device` here, as in training."""
+    for batch in datamodule.train_loader(epoch=0).with_epoch(nbatches=count):
+        yield decode_train_batch(batch, device, datamodule.decode_budget) if isinstance(batch, JpegBatch) else batch
 
 
 # ---- Lightning harness ---------------------------------------------------------------------------------------------
@@ -548,7 +556,7 @@ def measure_model(spec: ModelSpec, settings: BenchSettings, datamodule: ShardDat
         model = timed_steps(step, cycle(random_batches(settings.batch_size, num_classes, device)), settings.warmup,
                             settings.steps, device)
         _progress(f"{spec.name} at {size}: fed from shards")
-        fed = timed_steps(step, shard_batches(datamodule, max(1, settings.warmup) + settings.steps),
+        fed = timed_steps(step, shard_batches(datamodule, max(1, settings.warmup) + settings.steps, device),
                           max(1, settings.warmup), settings.steps, device)
         achieved = train_flops * model.images_per_s
         rows.append({
@@ -573,9 +581,10 @@ def measure_data_path(datamodule: ShardDataModule, source: DataSource, settings:
     # window sees the steady state; the window spans several batches per worker.
     warmup = 1 + 2 * max(1, settings.workers)
     batches = max(settings.steps, 5 * max(1, settings.workers))
-    timing = timed_steps(lambda batch: len(batch[1]), shard_batches(datamodule, warmup + batches), warmup, batches,
+    timing = timed_steps(lambda batch: len(batch[1]), shard_batches(datamodule, warmup + batches, device), warmup, batches,
                          device)
     return {"source": source.description, "workers": settings.workers, "batch_size": settings.batch_size,
+            "decode": settings.decode,
             "batches": batches, "images": timing.images, "seconds": timing.seconds,
             "images_per_s": timing.images_per_s}
 
@@ -598,7 +607,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
             source = synthetic_shards(work, settings.batch_size, settings.workers)
         else:
             source = DataSource(Path(settings.data), settings.data)
-        datamodule = open_datamodule(source, settings.batch_size, settings.workers)
+        datamodule = open_datamodule(source, settings.batch_size, settings.workers, settings.decode)
         num_classes = max(NUM_CLASSES, datamodule.num_classes)
         _progress(f"data path ({settings.workers} workers)")
         data = measure_data_path(datamodule, source, settings, device)
@@ -666,6 +675,7 @@ def _header(report: dict[str, Any]) -> list[str]:
          f"{report['versions']['torch']}; precision {settings['precision']}, {switches}, width {settings['width']:g}, "
          f"warmup {settings['warmup']}, steps {settings['steps']}"),
         (f"data path: {data['images_per_s']:.1f} img/s (shards -> uint8 batches of {data['batch_size']}, {workers}, "
+         f"JPEG decode on {'the device' if data['decode'] == 'device' else 'the workers'}, "
          f"{data['batches']} batches; {data['source']})"),
     ]
 

@@ -135,3 +135,14 @@ def test_shards_too_few_for_one_batch_give_one_error_line_through_the_cli(demo_s
 def test_help_exits_0(capsys):
     assert main(["--help"]) == 0
     assert "--batch-size" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_device_decode_path_is_measured_too(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--model", "zf5_spp", "--sizes", "224", "--workers", "1", "--decode", "device", *TINY,
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["data_path"]["decode"] == "device" and positive(report["data_path"]["images_per_s"])
+    assert positive(report["rows"][0]["shards_images_per_s"])
+    assert "JPEG decode on the device" in capsys.readouterr().out
