@@ -1,39 +1,108 @@
-"""jobs/local/table1.sh at CPU scale: two cells trained and tested in turn, the table printed, a rerun skips them."""
+"""jobs/local/table1.sh at CPU scale: two cells in two parallel slots, Ctrl-C that leaves a resumable state, a rerun
+that resumes and ends with the table, and a rerun that skips the finished cells."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from processes import run_hard_timeout
-
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "jobs" / "local" / "table1.sh"
+CELLS = {"zf5_nospp": "zf5-nospp", "zf5_spp_single": "zf5-spp_single"}  # config name -> run directory name
+EPOCHS = 10
+# the table configs at CPU scale (one process per run: --trainer.devices comes from the script)
 CPU_OVERRIDES = (
-    "--trainer.accelerator cpu --trainer.strategy auto --trainer.precision 32-true --trainer.max_epochs 1 "
-    "--trainer.enable_progress_bar false --trainer.enable_model_summary false --model.width 0.125 "
-    "--model.init kaiming --model.channels_last false --model.reference_batch 8 --data.batch_size 8 "
-    "--data.num_workers 0 --data.eval_workers 0 --wandb false"
+    "--trainer.accelerator cpu --trainer.strategy auto --trainer.precision 32-true "
+    f"--trainer.max_epochs {EPOCHS} --trainer.enable_progress_bar false --trainer.enable_model_summary false "
+    "--model.width 0.125 --model.init kaiming --model.channels_last false --model.reference_batch 8 "
+    "--data.batch_size 8 --data.num_workers 0 --data.eval_workers 0 --wandb false"
 )
 
 
-def test_local_table1_runs_the_cells_prints_the_table_and_skips_finished_cells(demo_shards, tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "WANDB_MODE": "offline",
-           "SPP_CLS_DATA": str(demo_shards), "SPP_CLS_RUNS": str(tmp_path), "SPP_CLS_CELLS": "zf5_nospp zf5_spp_single",
-           "SPP_CLS_EXTRA_ARGS": CPU_OVERRIDES}
-    script = str(REPO / "jobs/local/table1.sh")
-    done = run_hard_timeout([script, "1"], timeout=300, env=env)
-    assert done.returncode == 0, done.stdout[-3000:]
-    for cell in ("zf5-nospp", "zf5-spp_single"):
-        results = json.loads((tmp_path / "table1" / cell / "results.json").read_text())
-        assert results["num_test_images"] == 15 and results["epochs"] == 1
-        assert f"{results['top1_err']:.2f}" in done.stdout
-    assert "(a) no SPP" in done.stdout and "35.99" in done.stdout  # the table, with the paper beside it
+def start(env: dict[str, str]) -> subprocess.Popen:
+    """The script in its own session, as a terminal would run it in its own process group."""
+    return subprocess.Popen([str(SCRIPT), "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
 
-    again = run_hard_timeout([script, "1"], timeout=120, env=env)
-    assert again.returncode == 0, again.stdout[-3000:]
-    assert again.stdout.count("(results.json exists), skipped") == 2
-    assert "on GPUs" not in again.stdout  # nothing was launched
+
+def kill_session(session: int) -> None:
+    """SIGKILL every process of the session: the script runs its cells in process groups of their own."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def finish(process: subprocess.Popen, timeout: float) -> str:
+    """Its output once it exits; SIGKILL the whole session and fail the test if it runs past `timeout`."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(process.pid)
+        output, _ = process.communicate()
+        pytest.fail(f"jobs/local/table1.sh ran past {timeout} s and was killed:\n{output[-3000:]}")
+    return output
+
+
+def epochs_in_summary(run: Path) -> list[int]:
+    with (run / "summary.csv").open() as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def test_table1_sh_survives_ctrl_c_resumes_prints_the_table_and_skips_finished_cells(demo_shards, tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "WANDB_MODE": "offline",
+           "OMP_NUM_THREADS": "1", "SPP_CLS_DATA": str(demo_shards), "SPP_CLS_RUNS": str(runs),
+           "SPP_CLS_CELLS": " ".join(CELLS), "SPP_CLS_GPUS_PER_RUN": "1", "SPP_CLS_EXTRA_ARGS": CPU_OVERRIDES}
+    run_dirs = [runs / "table1" / name for name in CELLS.values()]
+
+    # 1. both cells train at once (2 "GPUs", 1 per run); Ctrl-C once each has finished an epoch
+    process = start(env)
+    deadline = time.monotonic() + 120
+    while not all((run / "last.ckpt").is_file() for run in run_dirs):
+        if time.monotonic() > deadline or process.poll() is not None:
+            kill_session(process.pid)
+            pytest.fail(f"no checkpoint of both cells in time:\n{process.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to its foreground process group on Ctrl-C
+    output = finish(process, timeout=60)
+    assert process.returncode == 130, output
+    assert "interrupted: run the same command again to resume" in output
+    assert sorted(re.findall(r"zf5_\w+: fit on GPUs (\d)", output)) == ["0", "1"]  # one device each, disjoint
+    for run in run_dirs:
+        assert not (run / "results.json").exists()  # an interrupted fit is never tested
+        assert "spp-cls test" not in (run / "table1.log").read_text()
+        assert "Detected KeyboardInterrupt" in (run / "table1.log").read_text()
+        assert 1 <= len(epochs_in_summary(run)) < EPOCHS
+
+    # 2. the same command again: both cells resume from their last.ckpt, finish, are tested; then the table
+    process = start(env)
+    output = finish(process, timeout=240)
+    assert process.returncode == 0, output
+    for cell, run in zip(CELLS, run_dirs):
+        log = (run / "table1.log").read_text()
+        assert re.search(rf"resuming from {re.escape(str(run))}/last\.ckpt", log), log[-3000:]
+        assert epochs_in_summary(run) == list(range(EPOCHS))  # no epoch lost, none repeated
+        results = json.loads((run / "results.json").read_text())
+        assert results["epochs"] == EPOCHS and results["num_test_images"] == 15
+        assert f"{results['top1_err']:.2f}" in output.split(f"{cell}: done")[-1]  # in the table printed at the end
+    assert "35.99" in output and "34.98" in output  # the paper's ZF-5 (a) and (b) beside the measured ones
+
+    # 3. and again: nothing to run, the table all the same
+    process = start(env)
+    output = finish(process, timeout=120)
+    assert process.returncode == 0, output
+    assert sorted(re.findall(r"(zf5_\w+): done before \(results.json exists\), skipped", output)) == sorted(CELLS)
+    assert " fit on GPUs" not in output and "35.99" in output

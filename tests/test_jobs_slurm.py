@@ -1,5 +1,6 @@
-"""jobs/slurm/fit.sbatch on a real one-node SLURM cluster (localhost, started by jobs/slurm/local_cluster.sh):
-a 2-task DDP run to results.json, and a preemption: SIGUSR1 -> HPC checkpoint -> requeue -> resume -> done."""
+"""The SLURM job scripts on a real one-node SLURM cluster (localhost, brought up by jobs/slurm/local_cluster.sh):
+the table1 array submitted with the SPP_CLS_* shape, a 2-task fit.sbatch preempted by SIGUSR1 -> HPC checkpoint ->
+requeue -> resume -> done, and the batch shell forwarding SIGUSR1 to its step."""
 from __future__ import annotations
 
 import csv
@@ -7,94 +8,176 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = "configs/table1/zf5_spp_multi.yaml"
-# the table config at CPU scale; the script adds data root, runs dir, num_nodes, devices and workers itself
+CLUSTER = REPO / "jobs" / "slurm" / "local_cluster.sh"
+DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+# the table configs at CPU scale; the scripts add data root, runs dir, experiment, num_nodes, devices and workers
 CPU_OVERRIDES = (
-    "--trainer.accelerator cpu --trainer.strategy ddp --trainer.precision 32-true --trainer.enable_progress_bar false "
+    "--trainer.accelerator cpu --trainer.precision 32-true --trainer.enable_progress_bar false "
     "--trainer.enable_model_summary false --model.width 0.125 --model.init kaiming --model.channels_last false "
-    "--model.reference_batch 8 --model.lr 0.005 --data.batch_size 8 --data.eval_workers 1 --experiment t"
+    "--model.reference_batch 8 --model.lr 0.005 --data.batch_size 8 --data.eval_workers 0"
 )
 
 
 @pytest.fixture(scope="module")
-def slurm() -> None:
+def slurm() -> Iterator[None]:
+    """A SLURM cluster that answers: one already running, or one brought up (and down afterwards) by the script."""
     if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root (CI runs as root)")
-    subprocess.run([str(REPO / "jobs/slurm/local_cluster.sh"), "up"], check=True, timeout=600,
-                   stdout=subprocess.DEVNULL)
+        pytest.skip("the local SLURM cluster needs root (it installs packages and starts daemons); CI runs as root")
+    already_up = subprocess.run([str(CLUSTER), "status"], check=False, capture_output=True, timeout=60).returncode == 0
+    if not already_up:
+        up = subprocess.run([str(CLUSTER), "up"], check=False, capture_output=True, text=True, timeout=600)
+        if up.returncode != 0 and "apt-get" in up.stderr:
+            pytest.skip(f"cannot install SLURM here: {up.stderr.strip().splitlines()[-1]}")
+        assert up.returncode == 0, up.stdout + up.stderr
+    yield
+    if not already_up:
+        subprocess.run([str(CLUSTER), "down"], check=True, timeout=60)
 
 
-def job_state(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
-    return dict(re.findall(r"(\w+)=(\S+)", out))
+def job_records(job_id: str) -> list[dict[str, str]]:
+    """`scontrol show job` as one dict per job (an array job gives one per task)."""
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True,
+                         timeout=30).stdout
+    return [dict(re.findall(r"(\S+?)=(\S*)", record)) for record in out.split("\n\n") if "JobId=" in record]
 
 
-def submit(tmp_path: Path, demo_shards: Path, *overrides: str) -> str:
-    env = {**os.environ, "WANDB_MODE": "offline", "SPP_CLS_REPO": str(REPO), "SPP_CLS_DATA": str(demo_shards),
-           "SPP_CLS_RUNS": str(tmp_path / "runs"), "SPP_CLS_EXTRA_ARGS": CPU_OVERRIDES}
-    command = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
-               "--time=15", f"--output={tmp_path}/job-%j.out", str(REPO / "jobs/slurm/fit.sbatch"), CONFIG, *overrides]
-    return subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO).stdout.strip()
-
-
-def wait_for(job_id: str, states: set[str], timeout: float, log: Path) -> dict[str, str]:
+def wait_until_done(job_id: str, timeout: float, logs: Path) -> list[dict[str, str]]:
+    """Poll until every task of the job has ended; scancel it and fail past `timeout` (the hard limit of a job)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = job_state(job_id)
-        if state["JobState"] in states:
-            return state
-        if state["JobState"] == "PENDING" and state.get("Reason") == "BeginTime":
-            # a requeued job is held for about two minutes before it may start again; don't wait for that here
-            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+        records = job_records(job_id)
+        if all(r["JobState"] in DONE_STATES for r in records):
+            return records
+        for record in records:
+            if record["JobState"] == "PENDING" and record.get("Reason") == "BeginTime":
+                # a requeued job waits cred_expire (120 s by default) before it may start again: don't wait here
+                subprocess.run(["scontrol", "update", f"JobId={record['JobId']}", "StartTime=now"], check=True,
+                               timeout=30)
         time.sleep(0.5)
-    subprocess.run(["scancel", job_id])
-    pytest.fail(f"job {job_id} not in {states} after {timeout} s:\n{log.read_text()[-3000:] if log.exists() else ''}")
+    subprocess.run(["scancel", job_id], check=False, timeout=30)
+    pytest.fail(f"job {job_id} still running after {timeout} s; cancelled:\n{tail_of_logs(logs)}")
 
 
-def test_fit_sbatch_trains_with_two_tasks_and_writes_results(slurm, demo_shards, tmp_path):
-    job_id = submit(tmp_path, demo_shards, "--trainer.max_epochs", "2")
-    log = tmp_path / f"job-{job_id}.out"
-    state = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 240, log)
-    assert state["JobState"] == "COMPLETED", log.read_text()[-3000:]
-    text = log.read_text()
-    assert "on 1 x 2 tasks, 1 workers each" in text
-    assert "Starting with 2 processes" in text or "distributed_backend=gloo" in text
-    results = json.loads((tmp_path / "runs" / "t" / "zf5-spp_multi" / "results.json").read_text())
-    assert results["num_test_images"] == 15 and results["epochs"] == 2 and results["test_protocol"] == "tenview"
+def tail_of_logs(directory: Path) -> str:
+    return "\n".join(f"== {log}\n{log.read_text()[-3000:]}" for log in sorted(directory.glob("*.out")))
 
 
-def test_preempted_job_is_requeued_and_resumes_from_its_hpc_checkpoint(slurm, demo_shards, tmp_path):
-    epochs = 8
-    job_id = submit(tmp_path, demo_shards, "--trainer.max_epochs", str(epochs))
-    log = tmp_path / f"job-{job_id}.out"
+def script_env(demo_shards: Path, tmp_path: Path, **settings: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "WANDB_MODE": "offline",
+            "SPP_CLS_DATA": str(demo_shards), "SPP_CLS_RUNS": str(tmp_path / "runs"), **settings}
+
+
+def test_table1_array_submits_itself_with_the_shape_variables_and_fills_the_table(slurm, demo_shards, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = script_env(
+        demo_shards, tmp_path, SPP_CLS_CELLS="zf5_nospp zf5_spp_single", SPP_CLS_EXPERIMENT="t",
+        # two array tasks of 1 node x 1 task x 1 CPU, no GPU asked for: both fit on this 2-CPU node at once
+        SPP_CLS_GPUS_PER_NODE="1", SPP_CLS_CPUS_PER_GPU="1", SPP_CLS_NO_GPU="1",
+        SPP_CLS_SBATCH_ARGS=f"--time=10 --output={logs}/%x-%A_%a.out",
+        SPP_CLS_EXTRA_ARGS=f"{CPU_OVERRIDES} --trainer.strategy auto --trainer.max_epochs 2 --wandb false",
+    )
+    # run directly (not through sbatch), from elsewhere than the checkout: it submits itself
+    submitted = subprocess.run([str(REPO / "jobs/slurm/table1.sbatch")], check=False, capture_output=True, text=True,
+                               env=env, cwd=tmp_path, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.fullmatch(r"Submitted batch job (\d+)\n", submitted.stdout).group(1)
+
+    records = wait_until_done(job_id, timeout=240, logs=logs)
+    assert sorted(r["ArrayTaskId"] for r in records) == ["0", "1"], records
+    for record in records:
+        assert record["JobState"] == "COMPLETED", tail_of_logs(logs)
+        # the #SBATCH lines that preemption needs, and the shape from the variables (sbatch's options over them)
+        assert record["Requeue"] == "1" and record["NumNodes"] == "1" and record["CPUs/Task"] == "1"
+        assert record["NtasksPerN:B:S:C"].startswith("1:")
+    for index, (cell, run_name) in enumerate((("zf5_nospp", "zf5-nospp"), ("zf5_spp_single", "zf5-spp_single"))):
+        log = (logs / f"spp-cls-table1-{job_id}_{index}.out").read_text()
+        assert f"configs/table1/{cell}.yaml on 1 node(s) x 1 task(s), 1 CPU(s) and 0 loader worker(s)" in log
+        results = json.loads((tmp_path / "runs" / "t" / run_name / "results.json").read_text())
+        assert results["epochs"] == 2 and results["num_test_images"] == 15 and results["experiment"] == "t"
+
+    table = subprocess.run(["spp-cls", "table", str(tmp_path / "runs" / "t")], capture_output=True, text=True,
+                           env=env, check=True, timeout=60).stdout
+    for run_name in ("zf5-nospp", "zf5-spp_single"):
+        measured = json.loads((tmp_path / "runs" / "t" / run_name / "results.json").read_text())["top1_err"]
+        assert f"{measured:.2f}" in table
+
+
+def test_fit_sbatch_preempted_by_sigusr1_requeues_and_resumes_from_its_hpc_checkpoint(slurm, demo_shards, tmp_path):
+    epochs = 10
+    env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t")
+    # plain sbatch: the #SBATCH lines of fit.sbatch, the shape changed on the sbatch line (2 tasks, no GPU)
+    command = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10",
+               f"--output={tmp_path}/fit-%j.out", str(REPO / "jobs/slurm/fit.sbatch"),
+               "configs/table1/zf5_spp_multi.yaml", *CPU_OVERRIDES.split(), "--trainer.strategy", "ddp",
+               "--trainer.max_epochs", str(epochs)]
+    job_id = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO,
+                            timeout=60).stdout.strip()
+    log = tmp_path / f"fit-{job_id}.out"
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"
-    deadline = time.monotonic() + 180
-    while not ((run / "summary.csv").exists() and len((run / "summary.csv").read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
-        assert job_state(job_id)["JobState"] in {"PENDING", "RUNNING"}, log.read_text()[-3000:]
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # what --signal=SIGUSR1@90 sends at the limit
 
-    state = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300, log)
+    # preempt it once the first epoch is done (the time limit's SIGUSR1 goes to the step's tasks, as this does)
+    deadline = time.monotonic() + 120
+    while not ((run / "summary.csv").is_file() and len((run / "summary.csv").read_text().splitlines()) >= 2):
+        state = job_records(job_id)[0]["JobState"]
+        if time.monotonic() > deadline or state not in {"PENDING", "CONFIGURING", "RUNNING"}:
+            subprocess.run(["scancel", job_id], check=False, timeout=30)
+            pytest.fail(f"job {job_id} ({state}) finished no epoch in time:\n{tail_of_logs(tmp_path)}")
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while job_records(job_id)[0]["Restarts"] == "0":
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", job_id], check=False, timeout=30)
+            pytest.fail(f"job {job_id} was not requeued 30 s after SIGUSR1; cancelled:\n{tail_of_logs(tmp_path)}")
+        time.sleep(0.2)
+
+    record = wait_until_done(job_id, timeout=240, logs=tmp_path)[0]
     text = log.read_text()
-    assert state["JobState"] == "COMPLETED", text[-3000:]
-    assert state["Restarts"] == "1"
+    assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", text[-3000:]
     assert "Handling auto-requeue signal" in text
-    assert re.search(r"resuming from \S+/hpc_ckpt_1\.ckpt", text), text[-3000:]
+    assert text.count("spp-cls: run directory") == 2  # two starts of fit, the second one resuming:
+    assert re.search(rf"resuming from {re.escape(str(run))}/hpc_ckpt_1\.ckpt", text), text[-3000:]
 
     assert [p.name for p in (tmp_path / "runs" / "t").iterdir()] == ["zf5-spp_multi"]  # one run directory
     with (run / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(row["epoch"]) for row in rows] == list(range(epochs))
+    assert [int(row["epoch"]) for row in rows] == list(range(epochs))  # to the configured end, no epoch twice
     assert [int(row["train_size"]) for row in rows] == [224, 180] * (epochs // 2)
     results = json.loads((run / "results.json").read_text())
     assert results["epochs"] == epochs and results["num_test_images"] == 15
     wandb_id = (run / "wandb_id.txt").read_text().strip()
-    assert {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")} == {wandb_id}
+    assert {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")} == {wandb_id}  # one wandb run
+
+
+def test_batch_shell_forwards_sigusr1_to_the_running_step(slurm, tmp_path):
+    """`scancel --signal=USR1 --batch` (and --signal=B:USR1@90) signal only the batch shell: spp_step passes it on."""
+    probe = tmp_path / "probe.sbatch"
+    probe.write_text(
+        "#!/bin/bash\nset -euo pipefail\n"
+        f"source {REPO}/jobs/slurm/common.sh\nCPUS_PER_TASK=1\n"
+        f"spp_step {sys.executable} -c \"import signal, time; signal.signal(signal.SIGUSR1, lambda *_: "
+        "print('step got SIGUSR1', flush=True)); open('started', 'w').close(); time.sleep(4)\"\n"
+        "echo 'batch shell went on'\n"
+    )
+    job_id = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=2",
+                             f"--output={tmp_path}/probe-%j.out", str(probe)], capture_output=True, text=True,
+                            check=True, cwd=tmp_path, timeout=60).stdout.strip()
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline, tail_of_logs(tmp_path)
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=30)
+    record = wait_until_done(job_id, timeout=60, logs=tmp_path)[0]
+    text = (tmp_path / f"probe-{job_id}.out").read_text()
+    assert record["JobState"] == "COMPLETED", text  # without the trap, the batch shell dies of it: FAILED
+    assert "step got SIGUSR1" in text and "batch shell went on" in text

@@ -1,70 +1,132 @@
 #!/usr/bin/env bash
-# The paper's Table 2 on one machine: the 12 cells one after another (or several at once when the machine has more
-# GPUs than one run uses), each `spp-cls fit` then the 10-view `spp-cls test`, then `spp-cls table`.
+# The paper's Table 2 on one machine: each cell `spp-cls fit` then the 10-view `spp-cls test`, one after another on
+# all GPUs, or several at once when the machine has more GPUs than one run uses; then `spp-cls table`.
 #
-#   jobs/local/table1.sh            # all visible GPUs (nvidia-smi -L); 8 per run
-#   jobs/local/table1.sh 4          # 4 GPUs: one run at a time on 4 GPUs (the LR follows the global batch)
-#   SPP_CLS_GPUS_PER_RUN=2 jobs/local/table1.sh 8      # 4 runs at once, 2 GPUs each
+#   jobs/local/table1.sh [GPUS]        GPUS: how many GPUs to use (default: all visible ones)
+#   SPP_CLS_DATA=/data/imagenet-wds jobs/local/table1.sh        the 12 cells, 8 GPUs each (or all, when fewer)
+#   SPP_CLS_GPUS_PER_RUN=4 jobs/local/table1.sh 8               2 cells at a time, 4 GPUs each
 #
-# Settings: SPP_CLS_DATA (the --out of `spp-cls shards`, default /data/imagenet-wds), SPP_CLS_RUNS (default runs),
-# SPP_CLS_CELLS (space-separated subset, default the 12 cells; add overfeat7_spp_random for the extra),
-# SPP_CLS_EXTRA_ARGS (overrides for every fit and test). Cells with results.json are skipped; an interrupted cell
-# resumes from its last checkpoint when the script is run again, so Ctrl-C and rerun is safe.
+# Settings (environment; the shared ones are described in jobs/slurm/common.sh):
+#   SPP_CLS_DATA           shard root, the --out of `spp-cls shards`      default: each config's data.root
+#   SPP_CLS_RUNS           where run directories go                        default: runs (in the checkout)
+#   SPP_CLS_EXPERIMENT     experiment name (wandb group, folder in RUNS)   default: table1
+#   SPP_CLS_GPUS_PER_RUN   GPUs per run (--trainer.devices)                default: min(GPUS, 8), as the configs
+#   SPP_CLS_CELLS          the cells, e.g. "zf5_nospp zf5_spp_multi"       default: the 12 (configs/table1/)
+#   SPP_CLS_RANDOM_SIZE=1  adds Overfeat-7 random-size to the 12
+#   SPP_CLS_EXTRA_ARGS     overrides for every fit and test, whitespace-separated (not ones that move the run
+#                          directory: backbone, head, size schedule, runs_dir, experiment)
+#   SPP_CLS_VENV / SPP_CLS_MODULES / SPP_CLS_SETUP   how to get spp-cls on PATH     default: .venv if present
+#
+# Concurrent runs get disjoint GPUs through CUDA_VISIBLE_DEVICES (a subset of the one you set, if you set one).
+# Each cell's output goes to table1.log in its run directory (runs/table1/<backbone>-<variant>/); this script
+# prints one line per step. A cell whose results.json exists is skipped. Ctrl-C stops every run cleanly (Lightning
+# keeps last.ckpt of the last finished epoch and no test runs): the same command again resumes the unfinished
+# cells from their checkpoints. Exit status: 0 all cells done, 1 some failed, 130 interrupted.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# shellcheck source=jobs/slurm/common.sh
+source jobs/slurm/common.sh
+SPP_CLS_PROGRAM=table1.sh
+say() { echo "table1.sh: $*"; }
 
-if [ $# -ge 1 ]; then
-  gpus=$1
+# ---- GPUs and slots ----------------------------------------------------------------------------------------------
+if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+    IFS=, read -r -a visible <<<"$CUDA_VISIBLE_DEVICES"
 elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  gpus=$(nvidia-smi -L | wc -l)
+    mapfile -t visible < <(seq 0 $(($(nvidia-smi -L | wc -l) - 1)))
 else
-  gpus=1
+    visible=()
 fi
-per_run=${SPP_CLS_GPUS_PER_RUN:-$(( gpus < 8 ? gpus : 8 ))}
-if [ "$per_run" -lt 1 ] || [ "$per_run" -gt "$gpus" ]; then
-  echo "table1.sh: SPP_CLS_GPUS_PER_RUN=$per_run does not fit $gpus GPUs" >&2
-  exit 2
+gpus=${1:-${#visible[@]}}
+[[ $gpus =~ ^[1-9][0-9]*$ ]] || die "no GPU found and none given: jobs/local/table1.sh GPUS (got '${1:-}')"
+((${#visible[@]} == 0)) && mapfile -t visible < <(seq 0 $((gpus - 1)))  # no GPU seen: CPU runs, ids are nominal
+((gpus <= ${#visible[@]})) || die "$gpus GPUs asked for, ${#visible[@]} visible (${visible[*]})"
+per_run=${SPP_CLS_GPUS_PER_RUN:-$((gpus < 8 ? gpus : 8))}
+if ! [[ $per_run =~ ^[1-9][0-9]*$ ]] || ((per_run > gpus)); then
+    die "SPP_CLS_GPUS_PER_RUN=$per_run does not fit $gpus GPUs"
 fi
-slots=$(( gpus / per_run ))
-runs=${SPP_CLS_RUNS:-runs}
-# shellcheck disable=SC2206  # the cell list is space-separated on purpose
-cells=(${SPP_CLS_CELLS:-zf5_nospp convnet5_nospp overfeat5_nospp overfeat7_nospp zf5_spp_single convnet5_spp_single
-       overfeat5_spp_single overfeat7_spp_single zf5_spp_multi convnet5_spp_multi overfeat5_spp_multi overfeat7_spp_multi})
+slots=$((gpus / per_run))
 
-run_cell() {  # run_cell CONFIG SLOT
-  local config=$1 slot=$2 first
-  first=$(( slot * per_run ))
-  local devices
-  devices=$(seq -s, "$first" $(( first + per_run - 1 )))
-  # shellcheck disable=SC2206  # word splitting of the extra overrides is intended
-  local args=(--config "$config" --data.root "${SPP_CLS_DATA:-/data/imagenet-wds}" --runs_dir "$runs"
-              --trainer.devices "$per_run" ${SPP_CLS_EXTRA_ARGS:-})
-  echo "table1.sh: $(date -Is) $config on GPUs $devices"
-  CUDA_VISIBLE_DEVICES=$devices spp-cls fit "${args[@]}"
-  CUDA_VISIBLE_DEVICES=$devices spp-cls test "${args[@]}"
+export SPP_CLS_EXPERIMENT=${SPP_CLS_EXPERIMENT:-table1}
+export SPP_CLS_RUNS=${SPP_CLS_RUNS:-runs}
+spp_activate
+cells=$(spp_table_cells)
+mapfile -t configs <<<"$cells"
+state=$(mktemp -d)  # claimed/ (one entry per cell taken by a slot), failed (cells that failed)
+trap 'rm -rf "$state"' EXIT
+mkdir "$state/claimed"
+# shellcheck disable=SC2206  # the extra overrides are whitespace-separated on purpose
+extra=(${SPP_CLS_EXTRA_ARGS:-})
+
+# ---- one slot: takes the next unclaimed cell until none is left ----------------------------------------------------
+# step NAME CONFIG DEVICES LOG: spp-cls NAME for the cell on DEVICES, output appended to LOG.
+step() {
+    local args=(--config "$2" --runs_dir "$SPP_CLS_RUNS" --experiment "$SPP_CLS_EXPERIMENT"
+                --trainer.devices "$per_run")
+    [[ -n ${SPP_CLS_DATA:-} ]] && args+=(--data.root "$SPP_CLS_DATA")
+    echo "==== table1.sh $(date -Is): spp-cls $1 on CUDA devices $3" >>"$4"
+    CUDA_VISIBLE_DEVICES=$3 spp-cls "$1" "${args[@]}" "${extra[@]}" </dev/null >>"$4" 2>&1
 }
 
-trap 'echo "table1.sh: interrupted; rerun to resume" >&2; kill 0' INT TERM
-declare -a busy=()
-failed=0
-for cell in "${cells[@]}"; do
-  config="configs/table1/$cell.yaml"
-  if [ ! -f "$config" ]; then echo "table1.sh: no $config" >&2; exit 2; fi
-  if [ -f "$(spp-cls run-dir --config "$config" --runs_dir "$runs")/results.json" ]; then
-    echo "table1.sh: $cell done (results.json exists), skipped"
-    continue
-  fi
-  while true; do  # the first free slot
-    for slot in $(seq 0 $(( slots - 1 ))); do
-      if [ -z "${busy[$slot]:-}" ] || ! kill -0 "${busy[$slot]}" 2>/dev/null; then
-        if [ -n "${busy[$slot]:-}" ]; then wait "${busy[$slot]}" || failed=1; fi
-        run_cell "$config" "$slot" & busy[slot]=$!
-        continue 3
-      fi
+slot() {
+    local devices=$1 stop=0 config cell run_dir log status
+    trap 'stop=1' INT TERM  # the running spp-cls gets the same SIGINT and stops; this slot then stops too
+    for config in "${configs[@]}"; do
+        cell=$(basename "$config" .yaml)
+        mkdir "$state/claimed/$cell" 2>/dev/null || continue  # another slot has it
+        ((stop)) && return 0
+        if ! run_dir=$(spp-cls run-dir --config "$config" --runs_dir "$SPP_CLS_RUNS" --experiment "$SPP_CLS_EXPERIMENT")
+        then
+            echo "$cell" >>"$state/failed"
+            continue
+        fi
+        if [[ -f $run_dir/results.json ]]; then
+            say "$cell: done before (results.json exists), skipped"
+            continue
+        fi
+        mkdir -p "$run_dir"
+        log=$run_dir/table1.log
+        for name in fit test; do
+            say "$cell: $name on GPUs $devices (log: $log)"
+            status=0
+            step "$name" "$config" "$devices" "$log" || status=$?
+            ((stop)) && return 0
+            if ((status != 0)); then
+                say "$cell: $name FAILED (exit $status), see $log"
+                grep -h "^spp-cls: error" "$log" | tail -n 1 || true
+                echo "$cell" >>"$state/failed"
+                continue 2
+            fi
+        done
+        say "$cell: done: $run_dir/results.json"
     done
-    sleep 5
-  done
+}
+
+# ---- run the slots, each in its own process group so that Ctrl-C reaches them only through the trap below -------
+say "${#configs[@]} cell(s), $slots at a time, $per_run GPU(s) each; runs in $SPP_CLS_RUNS/$SPP_CLS_EXPERIMENT"
+slot_pids=()
+interrupted=0
+# forward SIGINT: Lightning stops at once on KeyboardInterrupt (on SIGTERM it would finish the epoch first)
+trap 'interrupted=1; for pid in "${slot_pids[@]}"; do kill -INT -- "-$pid" 2>/dev/null || true; done' INT TERM HUP
+set -m
+for ((i = 0; i < slots; i++)); do
+    devices=$(IFS=,; echo "${visible[*]:i*per_run:per_run}")
+    slot "$devices" &
+    slot_pids+=($!)
 done
-for pid in "${busy[@]}"; do wait "$pid" || failed=1; done
-spp-cls table "$runs/table1"
-if [ "$failed" -ne 0 ]; then echo "table1.sh: some cells failed; see above, then rerun" >&2; exit 1; fi
+for pid in "${slot_pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done  # `wait` also returns to run the trap
+done
+set +m
+if ((interrupted)); then
+    say "interrupted: run the same command again to resume (finished cells are skipped, the others resume from" \
+        "their checkpoints)"
+    exit 130
+fi
+table_status=0
+spp-cls table "$SPP_CLS_RUNS/$SPP_CLS_EXPERIMENT" || table_status=$?
+if [[ -s $state/failed ]]; then
+    say "failed: $(tr '\n' ' ' <"$state/failed")- see their table1.log, then run the same command again"
+    exit 1
+fi
+exit "$table_status"

@@ -1,38 +1,150 @@
 # shellcheck shell=bash
-# Shared by fit.sbatch and table1.sbatch (sourced inside the job). Settings a user sets once, e.g. in ~/.bashrc:
-#   SPP_CLS_REPO        the spp-cls checkout (default: the directory sbatch was called from)
-#   SPP_CLS_DATA        the --out of `spp-cls shards` (default /data/imagenet-wds)
-#   SPP_CLS_RUNS        where run directories go (default: runs, inside the checkout)
-#   SPP_CLS_VENV        virtualenv to activate (default: the checkout's .venv when it exists)
-#   SPP_CLS_SETUP       a shell line run before anything else, e.g. "module load cuda/12.4" (default: none)
-#   SPP_CLS_EXTRA_ARGS  extra overrides for every fit and test, e.g. "--trainer.precision 32-true"
-# Partition and account are sbatch's own: export SBATCH_PARTITION=... SBATCH_ACCOUNT=... (or sbatch -p / -A).
+# Shared by fit.sbatch and table1.sbatch; sourced, never run. What the scripts assume of the cluster, as variables
+# a user sets once (e.g. in ~/.bashrc), with their defaults:
+#
+#   SPP_CLS_DATA           shard root, the --out of `spp-cls shards`      default: each config's data.root
+#                          (/data/imagenet-wds)
+#   SPP_CLS_RUNS           where run directories go                        default: runs (in the checkout)
+#   SPP_CLS_EXPERIMENT     experiment name (wandb group, folder in RUNS)   default: table1 for table1.sbatch, the
+#                                                                          config's own for fit.sbatch
+#   SPP_CLS_VENV           virtualenv with spp-cls installed               default: .venv of the checkout if present
+#   SPP_CLS_MODULES        environment modules to load first, e.g. "cuda/12.4 nccl"             default: none
+#   SPP_CLS_SETUP          any shell line to run first, e.g. "source ~/miniforge/bin/activate spp"  default: none
+#   SPP_CLS_EXTRA_ARGS     overrides added to every fit and test, whitespace-separated         default: none
+#   SPP_CLS_WORKERS        data loader workers per task        default: SLURM_CPUS_PER_TASK - 1 (one CPU is left to
+#                                                               the training process itself)
+#   SPP_CLS_REPO           the spp-cls checkout                             default: where sbatch was called from
+# The shape of a job (used when you run a .sbatch file directly instead of through sbatch, so that it submits itself;
+# plain `sbatch FILE` takes the #SBATCH lines of FILE instead, and sbatch's own options win over both):
+#   SPP_CLS_NODES          nodes per run                                                       default: 1
+#   SPP_CLS_GPUS_PER_NODE  GPUs per node = tasks per node (Lightning: one task per GPU)        default: 8
+#   SPP_CLS_CPUS_PER_GPU   CPUs per task                                                       default: 8
+#   SPP_CLS_GPU_TYPE       GPU type where the cluster wants one, e.g. a100 (--gpus-per-node=a100:8)  default: none
+#   SPP_CLS_NO_GPU=1       ask for no GPU (--gpus-per-node=0): tasks on CPUs, to try the scripts on a CPU partition
+#   SPP_CLS_SBATCH_ARGS    more sbatch options, e.g. "--time=24:00:00 --qos=long"              default: none
+# Partition, account, time limit: sbatch's own variables SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT (or
+# -p / -A / -t on the sbatch line).
 
-cd "${SPP_CLS_REPO:-${SLURM_SUBMIT_DIR:-.}}" || exit 2
-if [ -n "${SPP_CLS_SETUP:-}" ]; then eval "$SPP_CLS_SETUP"; fi
-VENV="${SPP_CLS_VENV:-.venv}"
-if [ -f "$VENV/bin/activate" ]; then
-  # shellcheck disable=SC1091
-  source "$VENV/bin/activate"
-fi
-command -v spp-cls >/dev/null || { echo "spp-cls is not on PATH: set SPP_CLS_VENV or SPP_CLS_SETUP" >&2; exit 2; }
+# ---- submission (outside a job) ---------------------------------------------------------------------------------
+# spp_submit SCRIPT [sbatch options] -- [script arguments]: sbatch SCRIPT with the shape variables above.
+spp_submit() {
+    local script=$1
+    shift
+    local options=() gpus_per_node=${SPP_CLS_GPUS_PER_NODE:-8}
+    while (($#)) && [[ $1 != -- ]]; do options+=("$1"); shift; done
+    (($#)) && shift
+    local gpus=${SPP_CLS_GPU_TYPE:+$SPP_CLS_GPU_TYPE:}$gpus_per_node
+    [[ ${SPP_CLS_NO_GPU:-0} == 1 ]] && gpus=0
+    # shellcheck disable=SC2206  # SPP_CLS_SBATCH_ARGS is whitespace-separated on purpose
+    options+=(--nodes="${SPP_CLS_NODES:-1}" --ntasks-per-node="$gpus_per_node" --gpus-per-node="$gpus"
+              --cpus-per-task="${SPP_CLS_CPUS_PER_GPU:-8}" ${SPP_CLS_SBATCH_ARGS:-})
+    # the job finds this checkout through SPP_CLS_REPO (sbatch runs a copy of the script, away from the checkout)
+    SPP_CLS_REPO=${SPP_CLS_REPO:-$(cd "$(dirname "$script")/../.." && pwd)} sbatch "${options[@]}" "$script" "$@"
+}
 
-# One task per GPU (Lightning needs --ntasks-per-node = devices); the CPUs of a task feed its loader workers,
-# one CPU is left to the training process itself.
-NODES="${SLURM_NNODES:-1}"
-TASKS_PER_NODE="${SLURM_NTASKS_PER_NODE:-1}"
-WORKERS=$(( ${SLURM_CPUS_PER_TASK:-2} > 1 ? ${SLURM_CPUS_PER_TASK:-2} - 1 : 1 ))
+# ---- inside a job (and in jobs/local/table1.sh) -----------------------------------------------------------------
+die() { echo "${SPP_CLS_PROGRAM:-spp-cls job}: error: $*" >&2; exit 2; }
 
-# run_cell CONFIG [overrides...]: fit (resuming by itself), then the 10-view test that writes results.json.
-run_cell() {
-  local config=$1
-  shift
-  local args=(--config "$config" --data.root "${SPP_CLS_DATA:-/data/imagenet-wds}" --runs_dir "${SPP_CLS_RUNS:-runs}"
-              --trainer.num_nodes "$NODES" --trainer.devices "$TASKS_PER_NODE" --data.num_workers "$WORKERS")
-  # shellcheck disable=SC2206  # word splitting of the extra overrides is intended
-  args+=(${SPP_CLS_EXTRA_ARGS:-} "$@")
-  echo "spp-cls: $(date -Is) job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: $config on $NODES x $TASKS_PER_NODE tasks, $WORKERS workers each"
-  srun --kill-on-bad-exit=1 spp-cls fit "${args[@]}"
-  srun --kill-on-bad-exit=1 spp-cls test "${args[@]}"
-  echo "spp-cls: $(date -Is) done: $(spp-cls run-dir --config "$config" --runs_dir "${SPP_CLS_RUNS:-runs}")/results.json"
+# spp_activate: load the modules, run the setup line, activate the venv (in the checkout, the current directory).
+spp_activate() {
+    if [[ -n ${SPP_CLS_MODULES:-} ]]; then
+        # shellcheck disable=SC2086  # a list of modules
+        module load $SPP_CLS_MODULES
+    fi
+    if [[ -n ${SPP_CLS_SETUP:-} ]]; then eval "$SPP_CLS_SETUP"; fi
+    local venv=${SPP_CLS_VENV:-.venv}
+    if [[ -f $venv/bin/activate ]]; then
+        # shellcheck disable=SC1091
+        source "$venv/bin/activate"
+    elif [[ -n ${SPP_CLS_VENV:-} ]]; then
+        die "SPP_CLS_VENV=$SPP_CLS_VENV has no bin/activate"
+    fi
+    command -v spp-cls >/dev/null || die "spp-cls is not on PATH: set SPP_CLS_VENV, SPP_CLS_MODULES or SPP_CLS_SETUP"
+}
+
+# spp_setup: cd into the checkout, load modules, activate the venv, work out the task shape.
+spp_setup() {
+    cd "${SPP_CLS_REPO:-${SLURM_SUBMIT_DIR:-.}}" || die "cannot cd to ${SPP_CLS_REPO:-${SLURM_SUBMIT_DIR:-.}}"
+    [[ -f jobs/slurm/common.sh ]] || die "$PWD is not the spp-cls checkout: submit from it or set SPP_CLS_REPO"
+    spp_activate
+
+    # Lightning wants one task per GPU and refuses --ntasks: it reads the shape from --ntasks-per-node and --nodes
+    [[ -n ${SLURM_NTASKS_PER_NODE:-} ]] || die "submit with --ntasks-per-node (= GPUs per node), not --ntasks"
+    NODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+    TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE%%(*}
+    CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}
+    WORKERS=${SPP_CLS_WORKERS:-$((CPUS_PER_TASK > 1 ? CPUS_PER_TASK - 1 : 0))}
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the loader workers do the CPU work; torchrun sets the same
+    _note_shape SPP_CLS_NODES "$NODES"
+    _note_shape SPP_CLS_GPUS_PER_NODE "$TASKS_PER_NODE"
+}
+
+# _note_shape VARIABLE ACTUAL: say so when a shape variable asks for something else than the job got.
+_note_shape() {
+    local wanted=${!1:-}
+    if [[ -n $wanted && $wanted != "$2" ]]; then
+        echo "spp-cls job: note: $1=$wanted, but this job has $2 (sbatch's options and the #SBATCH lines decide;" \
+             "run the .sbatch file directly, not through sbatch, to submit with the SPP_CLS_* shape)" >&2
+    fi
+}
+
+# spp_step COMMAND...: srun COMMAND as one job step. The batch shell forwards SIGUSR1 to the step, so that
+# `--signal=B:USR1@90` and `scancel --signal=USR1 --batch` reach Lightning as well as the usual `--signal=USR1@90`
+# (which SLURM sends to the step's tasks directly). Without the trap, SIGUSR1 would kill the batch shell and fail
+# the job. NOTE: `scancel --signal=USR1 --full` would deliver it twice (directly and forwarded); don't use it.
+spp_step() {
+    # srun does not pass the job's --cpus-per-task on to the step since SLURM 22.05: ask again, or every task
+    # (and all its loader workers) is bound to one CPU where tasks are bound
+    srun --kill-on-bad-exit=1 --cpus-per-task="$CPUS_PER_TASK" "$@" &
+    local pid=$! status=0
+    # shellcheck disable=SC2064  # the pid is meant to be expanded now
+    trap "kill -USR1 $pid 2>/dev/null || true" USR1
+    while :; do
+        status=0
+        wait "$pid" || status=$?
+        kill -0 "$pid" 2>/dev/null || break  # else `wait` returned early to run the trap: wait again
+    done
+    trap - USR1
+    return "$status"
+}
+
+# spp_run_cell CONFIG [overrides...]: `spp-cls fit` (which resumes by itself from the run directory), then the
+# 10-view `spp-cls test` that writes results.json, both as srun steps over the whole allocation.
+spp_run_cell() {
+    local config=$1
+    shift
+    [[ -f $config ]] || die "no config $config"
+    local args=(--config "$config" --trainer.num_nodes "$NODES" --trainer.devices "$TASKS_PER_NODE"
+                --data.num_workers "$WORKERS")
+    [[ -n ${SPP_CLS_DATA:-} ]] && args+=(--data.root "$SPP_CLS_DATA")
+    [[ -n ${SPP_CLS_RUNS:-} ]] && args+=(--runs_dir "$SPP_CLS_RUNS")
+    [[ -n ${SPP_CLS_EXPERIMENT:-} ]] && args+=(--experiment "$SPP_CLS_EXPERIMENT")
+    # shellcheck disable=SC2206  # the extra overrides are whitespace-separated on purpose
+    args+=(${SPP_CLS_EXTRA_ARGS:-} "$@")
+    echo "spp-cls job: $(date -Is) job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $config on" \
+         "$NODES node(s) x $TASKS_PER_NODE task(s), $CPUS_PER_TASK CPU(s) and $WORKERS loader worker(s) per task"
+    spp_step spp-cls fit "${args[@]}"
+    spp_step spp-cls test "${args[@]}"
+}
+
+# spp_cell_done CONFIG: the cell's results.json exists (the run directory as `spp-cls fit` would use it).
+spp_cell_done() {
+    local run_dir
+    run_dir=$(spp-cls run-dir --config "$1" ${SPP_CLS_RUNS:+--runs_dir "$SPP_CLS_RUNS"} \
+                              ${SPP_CLS_EXPERIMENT:+--experiment "$SPP_CLS_EXPERIMENT"}) || exit 2
+    [[ -f $run_dir/results.json ]]
+}
+
+# spp_table_cells: the table's config files, one a line: the 12 cells, and the random-size extra when
+# SPP_CLS_RANDOM_SIZE=1; SPP_CLS_CELLS (names such as "zf5_nospp zf5_spp_multi") picks others.
+spp_table_cells() {
+    local cells=${SPP_CLS_CELLS:-"zf5_nospp convnet5_nospp overfeat5_nospp overfeat7_nospp
+        zf5_spp_single convnet5_spp_single overfeat5_spp_single overfeat7_spp_single
+        zf5_spp_multi convnet5_spp_multi overfeat5_spp_multi overfeat7_spp_multi"}
+    [[ -z ${SPP_CLS_CELLS:-} && ${SPP_CLS_RANDOM_SIZE:-0} == 1 ]] && cells+=" overfeat7_spp_random"
+    local cell
+    for cell in $cells; do
+        [[ -f configs/table1/$cell.yaml ]] || die "no cell $cell (configs/table1/$cell.yaml)"
+        echo "configs/table1/$cell.yaml"
+    done
 }
