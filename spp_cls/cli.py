@@ -112,8 +112,14 @@ def _run_dir(argv: list[str]) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     try:
         build_cli(argv)
+    except SIGTERMException:
+        # Lightning stops cleanly on SIGTERM but would exit 0: a `fit && test` script must not test a half-trained run
+        print("spp-cls: stopped by SIGTERM; run the same command again to resume", file=sys.stderr)
+        return 143
     finally:
         _finish_wandb_run()
     return 0
@@ -198,6 +204,7 @@ def _cli_class(base: type) -> type:
     from pytorch_lightning.utilities import rank_zero_info
 
     from .train.recorder import RunRecorder
+    from .train.requeue import SlurmRequeue
     from .train.rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
 
     class SppCLI(base):  # type: ignore[misc, valid-type]
@@ -245,11 +252,15 @@ def _cli_class(base: type) -> type:
                 RunRecorder(directory, self.run_config.experiment, config_hash(config)),
             ]
             kwargs["default_root_dir"] = str(directory)
-            if self.subcommand != "fit" and SLURMEnvironment.detect() and not trainer_config.get("plugins"):
-                # only `fit` may requeue itself: an HPC checkpoint saved during a test holds no training progress,
-                # and the requeued job's `fit` would resume from it
+            if SLURMEnvironment.detect() and not trainer_config.get("plugins"):
+                # Lightning's own requeue can hang under DDP (see SlurmRequeue); only `fit` requeues: an HPC
+                # checkpoint saved during a test holds no training progress
                 kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
-            if self.run_config.wandb and trainer_config.get("logger") in (None, True):
+                if self.subcommand == "fit":
+                    callbacks.append(SlurmRequeue())
+            if not self.run_config.wandb and trainer_config.get("logger") in (None, True):
+                kwargs["logger"] = False  # no wandb asked for: no default logger folders in the run directory either
+            elif self.run_config.wandb and trainer_config.get("logger") in (None, True):
                 hp = self.model.hparams
                 kwargs["logger"] = WandbLogger(
                     project="spp-cls",

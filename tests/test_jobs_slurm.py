@@ -144,7 +144,7 @@ def test_fit_sbatch_preempted_by_sigusr1_requeues_and_resumes_from_its_hpc_check
     record = wait_until_done(job_id, timeout=240, logs=tmp_path)[0]
     text = log.read_text()
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", text[-3000:]
-    assert "Handling auto-requeue signal" in text
+    assert "spp-cls: SIGUSR1: saved" in text
     assert text.count("spp-cls: run directory") == 2  # two starts of fit, the second one resuming:
     assert re.search(rf"resuming from {re.escape(str(run))}/hpc_ckpt_1\.ckpt", text), text[-3000:]
 
