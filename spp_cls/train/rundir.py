@@ -20,8 +20,8 @@ def run_dir(runs_dir: str | Path, experiment: str, run_name: str) -> Path:
 def resume_checkpoint(directory: Path) -> Path | None:
     """The checkpoint `fit` continues from: the newest of the preemption (HPC) checkpoints and last.ckpt, or None.
 
-    Lightning writes `hpc_ckpt_N.ckpt` into the trainer's default_root_dir (this directory) when SLURM signals a
-    requeue; last.ckpt is written at every epoch end. Whichever is newer holds the later state.
+    `hpc_ckpt_N.ckpt` is written into this directory (the trainer's default_root_dir) when SLURM signals a requeue
+    (see requeue.py); last.ckpt is written at every epoch end. Whichever is newer holds the later state.
     """
     candidates = [*directory.glob("hpc_ckpt_*.ckpt"), directory / CHECKPOINT_LAST]
     existing = [path for path in candidates if path.is_file()]
