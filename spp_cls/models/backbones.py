@@ -63,6 +63,11 @@ def _c3(channels: int) -> Stage:
     return Stage(Conv(channels, 3, padding=1))
 
 
+_OVERFEAT_STEM = (
+    Stage(Conv(96, 7, stride=2, padding=1), (MaxPool(3, 3), LRN("cross"))),
+    Stage(Conv(256, 5, padding=2), (MaxPool(2, 2),)),
+)
+
 TRUNKS: dict[str, TrunkSpec] = {
     # ZF-5: Zeiler & Fergus "fast" model; within-channel LRN as the authors' released model.
     "zf5": TrunkSpec(
@@ -90,31 +95,18 @@ TRUNKS: dict[str, TrunkSpec] = {
         ),
         nospp_pool=MaxPool(3, 2),
     ),
-    # Overfeat-5/7: Overfeat "fast" with Chatfield et al.'s modifications; 18x18 conv maps at 224.
+    # Overfeat-5/7: Overfeat "fast" with Chatfield et al.'s modifications; 18x18 conv maps at 224. Overfeat-7 is
+    # Overfeat-5 with two more 512 x 3x3 layers ("conv3 to conv7 have the same structure").
     "overfeat5": TrunkSpec(
         name="overfeat5",
         title="Overfeat-5",
-        stages=(
-            Stage(Conv(96, 7, stride=2, padding=1), (MaxPool(3, 3), LRN("cross"))),
-            Stage(Conv(256, 5, padding=2), (MaxPool(2, 2),)),
-            _c3(512),
-            _c3(512),
-            _c3(512),
-        ),
+        stages=(*_OVERFEAT_STEM, *(_c3(512) for _ in range(3))),
         nospp_pool=MaxPool(3, 3),
     ),
     "overfeat7": TrunkSpec(
         name="overfeat7",
         title="Overfeat-7",
-        stages=(
-            Stage(Conv(96, 7, stride=2, padding=1), (MaxPool(3, 3), LRN("cross"))),
-            Stage(Conv(256, 5, padding=2), (MaxPool(2, 2),)),
-            _c3(512),
-            _c3(512),
-            _c3(512),
-            _c3(512),
-            _c3(512),
-        ),
+        stages=(*_OVERFEAT_STEM, *(_c3(512) for _ in range(5))),
         nospp_pool=MaxPool(3, 3),
     ),
 }
