@@ -68,6 +68,8 @@ DISTINCT_BATCHES = 4
 TENVIEW_IMAGE_WIDTH = 341
 """The 10-view test image is 256 x 341 (a 4:3 image at s=256)."""
 SYNTHETIC_CLASSES = 10
+DATA_PATH_IMAGES = 1024
+"""The data path alone is cheap to time: its window holds at least this many images."""
 QUIET_LIGHTNING_WARNINGS = (r".*(validation_step. but have no .val_dataloader|isinstance\(treespec, LeafSpec\)"
                             r"|smaller than the logging interval|The .srun. command is available).*")
 """Lightning warnings expected in the harness run (no validation, few batches, one process where SLURM is installed)
@@ -578,11 +580,11 @@ def measure_data_path(datamodule: ShardDataModule, source: DataSource, settings:
                       device: torch.device) -> dict[str, Any]:
     """Images/s of shards -> uint8 batches alone, with the settings' loader workers."""
     # The warm-up drains the batches the workers prefetched while starting (prefetch_factor 2 each), so the timed
-    # window sees the steady state; the window spans several batches per worker.
+    # window sees the steady state; the window spans several batches per worker and at least DATA_PATH_IMAGES.
     warmup = 1 + 2 * max(1, settings.workers)
-    batches = max(settings.steps, 5 * max(1, settings.workers))
-    timing = timed_steps(lambda batch: len(batch[1]), shard_batches(datamodule, warmup + batches, device), warmup, batches,
-                         device)
+    batches = max(settings.steps, 5 * max(1, settings.workers), math.ceil(DATA_PATH_IMAGES / settings.batch_size))
+    timing = timed_steps(lambda batch: len(batch[1]), shard_batches(datamodule, warmup + batches, device), warmup,
+                         batches, device)
     return {"source": source.description, "workers": settings.workers, "batch_size": settings.batch_size,
             "decode": settings.decode,
             "batches": batches, "images": timing.images, "seconds": timing.seconds,
