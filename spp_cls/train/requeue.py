@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ class SlurmRequeue(pl.Callback):
         trainer.save_checkpoint(path)  # every rank at the same step
         rank_zero_info(f"spp-cls: SIGUSR1: saved {path}; requeueing")
         if trainer.is_global_zero:
+            # close the wandb run before SLURM kills this process: the requeued job resumes the same run id, which
+            # a still-open run of the killed process would hold ("run ID ... is in use")
+            for logger in trainer.loggers:
+                logger.finalize("requeued")
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and wandb.run is not None:
+                wandb.finish()
             array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
             job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
             subprocess.run(["scontrol", "requeue", job], check=False)
