@@ -10,6 +10,7 @@ import pytest
 
 from processes import run_hard_timeout
 from test_fit_cli import cpu_args
+from wandb_offline import offline_run_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 SPP_CLS = str(Path(sys.executable).with_name("spp-cls"))
@@ -48,4 +49,4 @@ def test_two_rank_fit_and_test_agree_on_steps_sizes_and_count_every_image_once(d
     assert results["num_test_images"] == 15 and results["epochs"] == 2
     # one wandb run for fit and test, written by rank 0 only
     wandb_id = (run / "wandb_id.txt").read_text().strip()
-    assert {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")} == {wandb_id}
+    assert offline_run_ids(run) == {wandb_id}

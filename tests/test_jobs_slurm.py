@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from wandb_offline import offline_run_ids
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "jobs" / "slurm" / "local_cluster.sh"
@@ -156,7 +158,7 @@ def test_fit_sbatch_preempted_by_sigusr1_requeues_and_resumes_from_its_hpc_check
     results = json.loads((run / "results.json").read_text())
     assert results["epochs"] == epochs and results["num_test_images"] == 15
     wandb_id = (run / "wandb_id.txt").read_text().strip()
-    assert {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")} == {wandb_id}  # one wandb run
+    assert offline_run_ids(run) == {wandb_id}  # one wandb run
 
 
 def test_batch_shell_forwards_sigusr1_to_the_running_step(slurm, tmp_path):
