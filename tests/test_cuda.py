@@ -1,0 +1,122 @@
+"""The code paths that only a CUDA device takes: nvJPEG batch decode, cuDNN convolutions, bf16 autocast,
+``torch.compile`` and a whole ``spp-cls fit`` / ``test`` on the GPU fast path.
+
+Skipped where no CUDA device is present (CI); run on a GPU node with ``pytest -m cuda``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_device_decode import crop_of, with_bogus_huffman_table
+from test_fit_cli import cpu_args
+from test_pipeline import jpeg_bytes
+
+from spp_cls.bench import synthetic_shards
+from spp_cls.cli import main
+from spp_cls.data.datamodule import ShardDataModule
+from spp_cls.data.device_decode import JpegBatch, collate_jpegs, decode_train_batch
+from spp_cls.models import create
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+NVJPEG_MEAN_ABS_LEVELS = 2.0
+"""nvJPEG and libjpeg-turbo round their inverse DCT and chroma upsampling differently: the same crop differs by a few
+levels at edges, on average by about one level of 255 (1.10 at most per batch, measured on an H200)."""
+CORRUPT_MEAN_ABS_LEVELS = 4.0
+"""An image whose decode was overwritten differs from libjpeg-turbo's by far more than rounding."""
+
+
+def test_nvjpeg_decodes_the_cpu_paths_windows_flips_and_labels(demo_shards: Path) -> None:
+    options = {"batch_size": 6, "num_workers": 0, "shuffle_buffer": 8, "seed": 5}
+    on_cpu = list(ShardDataModule(str(demo_shards), decode="cpu", **options).train_loader(0))
+    shipped = list(ShardDataModule(str(demo_shards), decode="device", **options).train_loader(0))
+    assert len(shipped) == len(on_cpu) == 10
+    differences = []
+    for batch, (expected, expected_labels) in zip(shipped, on_cpu):
+        assert isinstance(batch, JpegBatch)
+        images, labels = decode_train_batch(batch, "cuda")
+        assert images.device.type == "cuda" and images.dtype == torch.uint8 and images.shape == expected.shape
+        assert torch.equal(labels.cpu(), expected_labels)
+        differences.append((images.cpu().float() - expected.float()).abs().mean().item())
+    print(f"nvJPEG vs libjpeg-turbo: mean |difference| per batch {[round(d, 3) for d in differences]} levels")
+    assert max(differences) < NVJPEG_MEAN_ABS_LEVELS
+
+
+def test_batches_decoded_between_training_steps_are_not_overwritten(tmp_path: Path) -> None:
+    """pytorch/vision#9606: the decoder's outputs may reuse blocks that the queued training step still reads. Each
+    batch is decoded right after a ZF-5 step was queued, as ``on_after_batch_transfer`` does in training. Without the
+    stream wait in ``device_decode``, this setting gave 74 corrupt images of 3,200 (32-image decode calls) and a
+    sticky CUDA error after 1,920 (128-image calls) on an H200; with it, none."""
+    source = synthetic_shards(tmp_path, batch_size=128, workers=4)
+    datamodule = ShardDataModule(str(source.root), batch_size=128, num_workers=4, decode="device")
+    net = create("zf5", head="spp", num_classes=1000).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    corrupt, decoded, previous = [], 0, None
+    for batch in datamodule.train_loader(epoch=0).with_epoch(nbatches=25):
+        if previous is not None:  # queued, still running while the next batch decodes
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                net(previous.float().contiguous(memory_format=torch.channels_last)).logsumexp(1).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        previous, _ = decode_train_batch(batch, "cuda")
+        expected, _ = decode_train_batch(batch, "cpu")
+        differences = (previous.cpu().float() - expected.float()).abs().mean(dim=(1, 2, 3))
+        corrupt += [key for key, d in zip(batch.keys, differences) if d > CORRUPT_MEAN_ABS_LEVELS]
+        decoded += len(batch)
+    assert decoded == 25 * 128 and corrupt == []
+
+
+def test_a_file_nvjpeg_cannot_decode_is_replaced_by_the_next_good_sample(caplog: pytest.LogCaptureFixture) -> None:
+    files = [jpeg_bytes(240, 232, seed=seed) for seed in range(4)]
+    files[1] = with_bogus_huffman_table(files[1])
+    batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.device_decode"):
+        images, labels = decode_train_batch(batch, "cuda")
+    assert labels.tolist() == [10, 12, 12, 13] and images.shape == (4, 3, 224, 224)
+    assert torch.equal(images[1], images[2])
+    assert "corrupt sample k1 in shard.tar" in caplog.text
+
+
+@pytest.mark.parametrize(("backbone", "head"), [("zf5", "spp"), ("overfeat7", "nospp")])
+def test_cudnn_logits_equal_the_cpu_logits(backbone: str, head: str) -> None:
+    torch.manual_seed(0)
+    net = create(backbone, head=head, num_classes=10, width=0.5, init="kaiming").eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = net(images)
+        on_gpu = net.cuda()(images.cuda()).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            in_bf16 = net(images.cuda()).float().cpu()
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(on_gpu, expected, atol=1e-3 * scale, rtol=1e-3)
+    assert (in_bf16 - expected).abs().max().item() < 0.05 * scale
+
+
+def test_fit_and_test_on_the_gpu_fast_path(demo_shards: Path, tmp_path: Path) -> None:
+    """The table config's own GPU settings (bf16-mixed, channels_last) plus compile and nvJPEG decode, two epochs
+    (224 then 180: one graph each), then the 10-view test and the feature-map 10-view."""
+    args = cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "2", "--wandb", "false",
+                    "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
+                    "--trainer.deterministic", "false", "--model.channels_last", "true", "--model.compile", "true",
+                    "--data.decode", "device", "--data.num_workers", "2")
+    assert main(["fit", *args]) == 0
+    run = tmp_path / "t" / "zf5-spp_multi"
+    with (run / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["train_size"] for row in rows] == ["224", "180"]
+    assert all(math.isfinite(float(row["train_loss"])) and 0 <= float(row["val_top1_err"]) <= 100 for row in rows)
+    for protocol in ("tenview", "tenview_fmap"):
+        assert main(["test", *args, "--data.test_views", protocol]) == 0
+    tenview = json.loads((run / "results.json").read_text())
+    fmap = json.loads((run / "results_tenview_fmap.json").read_text())
+    assert tenview["num_test_images"] == fmap["num_test_images"] == 15
+    assert tenview["test_protocol"] == "tenview" and fmap["test_protocol"] == "tenview_fmap"
