@@ -558,8 +558,9 @@ def measure_model(spec: ModelSpec, settings: BenchSettings, datamodule: ShardDat
         model = timed_steps(step, cycle(random_batches(settings.batch_size, num_classes, device)), settings.warmup,
                             settings.steps, device)
         _progress(f"{spec.name} at {size}: fed from shards")
-        fed = timed_steps(step, shard_batches(datamodule, max(1, settings.warmup) + settings.steps, device),
-                          max(1, settings.warmup), settings.steps, device)
+        fed_warmup = max(settings.warmup, prefetched_batches(settings.workers))
+        fed = timed_steps(step, shard_batches(datamodule, fed_warmup + settings.steps, device), fed_warmup,
+                          settings.steps, device)
         achieved = train_flops * model.images_per_s
         rows.append({
             "model": spec.name, "size": size, "batch_size": settings.batch_size, "steps": settings.steps,
@@ -576,12 +577,17 @@ def measure_model(spec: ModelSpec, settings: BenchSettings, datamodule: ShardDat
     return rows, skipped, harness
 
 
+def prefetched_batches(workers: int) -> int:
+    """Warm-up steps that drain what the loader workers prefetched while starting (prefetch_factor 2 each), so that
+    a timed window fed from shards sees the steady state, not a queue filled while the first steps compiled."""
+    return 1 + 2 * max(1, workers)
+
+
 def measure_data_path(datamodule: ShardDataModule, source: DataSource, settings: BenchSettings,
                       device: torch.device) -> dict[str, Any]:
     """Images/s of shards -> uint8 batches alone, with the settings' loader workers."""
-    # The warm-up drains the batches the workers prefetched while starting (prefetch_factor 2 each), so the timed
-    # window sees the steady state; the window spans several batches per worker and at least DATA_PATH_IMAGES.
-    warmup = 1 + 2 * max(1, settings.workers)
+    # The window spans several batches per worker and at least DATA_PATH_IMAGES.
+    warmup = prefetched_batches(settings.workers)
     batches = max(settings.steps, 5 * max(1, settings.workers), math.ceil(DATA_PATH_IMAGES / settings.batch_size))
     timing = timed_steps(lambda batch: len(batch[1]), shard_batches(datamodule, warmup + batches, device), warmup,
                          batches, device)
