@@ -358,3 +358,11 @@ def test_report_imports_neither_lightning_nor_train() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_python_dash_m_spp_cls_is_the_spp_cls_command(full_runs: Path) -> None:
+    table_run = subprocess.run([sys.executable, "-m", "spp_cls", "table", str(full_runs)], capture_output=True,
+                               text=True, timeout=120)
+    assert table_run.returncode == 0 and "ZF-5" in table_run.stdout
+    unknown = subprocess.run([sys.executable, "-m", "spp_cls", "tabel"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "unknown command 'tabel'" in unknown.stderr

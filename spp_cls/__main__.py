@@ -1,0 +1,6 @@
+"""`python -m spp_cls ...` runs the `spp-cls` command (where the console script is not on the PATH)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
