@@ -153,6 +153,8 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
     )
 
 
+PROGRESS_BAR_REFRESH_STEPS = 50
+"""Training steps between progress-bar refreshes (as log_every_n_steps), unless trainer.callbacks has a bar."""
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 90,
     # the datamodule builds each epoch's train stream for that epoch (shard order keyed on (seed, epoch))
@@ -160,7 +162,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # the datamodule splits shards over ranks itself; a DistributedSampler cannot wrap an iterable dataset
     "use_distributed_sampler": False,
     "num_sanity_val_steps": 0,
-    "benchmark": True,
+    "benchmark": True,  # cuDNN autotuning; off when trainer.deterministic is true
     "log_every_n_steps": 50,
 }
 
@@ -199,7 +201,7 @@ def _save_config_class() -> type:
 
 def _cli_class(base: type) -> type:
     from pytorch_lightning.plugins.environments import SLURMEnvironment
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
     from pytorch_lightning.loggers import WandbLogger
     from pytorch_lightning.utilities import rank_zero_info
 
@@ -231,7 +233,7 @@ def _cli_class(base: type) -> type:
 
         @property
         def run_config(self) -> Any:
-            return self.config[self.subcommand]
+            return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
 
         @property
         def run_dir(self) -> Path:
@@ -252,6 +254,9 @@ def _cli_class(base: type) -> type:
                 RunRecorder(directory, self.run_config.experiment, config_hash(config)),
             ]
             kwargs["default_root_dir"] = str(directory)
+            if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):
+                # cuDNN autotuning (on by default here) picks kernels by timing, so it would undo the determinism asked
+                kwargs["benchmark"] = False
             if SLURMEnvironment.detect() and not trainer_config.get("plugins"):
                 # Lightning's own requeue can hang under DDP (see SlurmRequeue); only `fit` requeues: an HPC
                 # checkpoint saved during a test holds no training progress
@@ -274,7 +279,13 @@ def _cli_class(base: type) -> type:
                     job_type=self.subcommand,
                 )
             extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-            kwargs["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), *callbacks]
+            extra = extra if isinstance(extra, list) else [extra]
+            if trainer_config.get("enable_progress_bar") is not False and not any(
+                    isinstance(callback, ProgressBar) for callback in extra):
+                # Each refresh of the bar reads the logged loss with .item(): a device sync that keeps the CPU from
+                # queuing the next step while the GPU works. Lightning's default refreshes every step.
+                callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+            kwargs["callbacks"] = [*extra, *callbacks]
             return super().instantiate_trainer(**kwargs)
 
         def fit(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:

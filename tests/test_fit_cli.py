@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spp_cls.cli import main
+from spp_cls.cli import PROGRESS_BAR_REFRESH_STEPS, build_cli, main
 from wandb_offline import offline_run_ids
 
 pytestmark = pytest.mark.slow
@@ -106,3 +106,26 @@ def test_bad_input_is_one_line_and_exit_2(demo_shards, tmp_path, capsys):
 
     assert main(["test", *cpu_args(demo_shards, tmp_path / "empty")]) == 2
     assert "train this run first" in capsys.readouterr().err
+
+
+def test_the_progress_bar_refreshes_every_50_steps_unless_trainer_callbacks_has_one(demo_shards, tmp_path):
+    args = cpu_args(demo_shards, tmp_path, "--wandb", "false", "--trainer.enable_progress_bar", "true")
+    default = build_cli(args, run=False).trainer
+    assert default.progress_bar_callback.refresh_rate == PROGRESS_BAR_REFRESH_STEPS == 50
+    own_bar = '{"class_path": "TQDMProgressBar", "init_args": {"refresh_rate": 5}}'
+    own = build_cli([*args, f"--trainer.callbacks+={own_bar}"], run=False).trainer
+    assert own.progress_bar_callback.refresh_rate == 5
+    off = build_cli(cpu_args(demo_shards, tmp_path, "--wandb", "false"), run=False).trainer
+    assert off.progress_bar_callback is None
+
+
+def test_deterministic_turns_cudnn_autotuning_off(demo_shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored afterwards
+    args = cpu_args(demo_shards, tmp_path, "--wandb", "false")
+    build_cli([*args, "--trainer.deterministic", "false"], run=False)
+    assert torch.backends.cudnn.benchmark is True
+    try:
+        build_cli(args, run=False)  # cpu_args ask for deterministic
+        assert torch.backends.cudnn.benchmark is False and torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
