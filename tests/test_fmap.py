@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from spp_cls.models import TRUNKS, create, feature_map_geometry
-from spp_cls.train.fmap import window_to_cells
+from spp_cls.data.views import ten_view_boxes
+from spp_cls.train.fmap import tenview_on_feature_maps, window_to_cells
 
 
 @pytest.mark.parametrize("backbone", list(TRUNKS))
@@ -39,3 +40,26 @@ def test_window_to_cells_follows_appendix_a():
     # clamped to the map, and never empty
     assert window_to_cells(0, 400, 16, 15.0, 13) == (0, 13)
     assert window_to_cells(100, 101, 16, 15.0, 13) == (5, 6)
+
+
+@pytest.mark.parametrize(("backbone", "width"), [("zf5", 256), ("overfeat7", 341)])
+def test_one_trunk_pass_and_one_head_pass_give_the_ten_windows_one_at_a_time(backbone: str, width: int) -> None:
+    """The batched 10-view (trunk on image + mirror together, fc layers once on the 10 pooled windows) equals the
+    plain reading: each window cut from its own image's conv map and run through the head alone."""
+    torch.manual_seed(0)
+    net = create(backbone, head="spp", num_classes=10, width=0.25, init="kaiming").eval()
+    image = torch.randn(1, 3, 256, width)
+    stride, offset = geometry = feature_map_geometry(TRUNKS[backbone])
+    with torch.no_grad():
+        batched = tenview_on_feature_maps(net, image, geometry)
+        maps = {False: net.forward_features(image), True: net.forward_features(image.flip(-1))}
+        one_by_one = []
+        for box in ten_view_boxes(width, 256):
+            x0, x1 = (width - box.x1, width - box.x0) if box.flip else (box.x0, box.x1)
+            conv_map = maps[box.flip]
+            rows = window_to_cells(box.y0, box.y1, stride, offset, conv_map.shape[-2])
+            cols = window_to_cells(x0, x1, stride, offset, conv_map.shape[-1])
+            window = conv_map[:, :, rows[0]:rows[1], cols[0]:cols[1]]
+            one_by_one.append(net.forward_head(window).softmax(dim=1))
+    assert batched.shape == (1, 10)
+    torch.testing.assert_close(batched, torch.stack(one_by_one).mean(dim=0), rtol=1e-4, atol=1e-6)

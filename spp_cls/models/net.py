@@ -83,7 +83,10 @@ class SppNet(nn.Module):
         return self.trunk(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x)
+        return self.forward_pooled(self.pool(x), pre_logits)
+
+    def forward_pooled(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """fc6-fc8 on pooled features (N, pooled_features), e.g. windows of different sizes pooled one by one."""
         x = self.drop(self.relu(self.fc6(x)))
         x = self.drop(self.relu(self.fc7(x)))
         return x if pre_logits else self.fc8(x)

@@ -32,17 +32,16 @@ def window_to_cells(lo: int, hi: int, stride: int, offset: float, size: int) -> 
 def tenview_on_feature_maps(net: SppNet, image: torch.Tensor, geometry: tuple[int, float]) -> torch.Tensor:
     """Softmax averaged over the 10 views of one normalised (1, 3, H, W) image at s=256: (1, num_classes).
 
-    Flipped views are the mirrored windows of the mirrored image, whose conv map is computed once.
+    One trunk pass on the image and its mirror together (flipped views are the mirrored windows of the mirrored
+    image); each window is pooled on its own (windows differ in size by a cell), then fc6-fc8 run once on the 10.
     """
     stride, offset = geometry
     height, width = image.shape[-2:]
-    maps = {flip: net.forward_features(image.flip(-1) if flip else image) for flip in (False, True)}
-    probabilities = []
+    maps = net.forward_features(torch.cat([image, image.flip(-1)]))
+    pooled = []
     for box in ten_view_boxes(width, height):
         x0, x1 = (width - box.x1, width - box.x0) if box.flip else (box.x0, box.x1)
-        conv_map = maps[box.flip]
-        rows = window_to_cells(box.y0, box.y1, stride, offset, conv_map.shape[-2])
-        cols = window_to_cells(x0, x1, stride, offset, conv_map.shape[-1])
-        window = conv_map[:, :, rows[0]:rows[1], cols[0]:cols[1]]
-        probabilities.append(net.forward_head(window).float().softmax(dim=1))
-    return torch.stack(probabilities).mean(dim=0)
+        rows = window_to_cells(box.y0, box.y1, stride, offset, maps.shape[-2])
+        cols = window_to_cells(x0, x1, stride, offset, maps.shape[-1])
+        pooled.append(net.pool(maps[int(box.flip), None, :, rows[0]:rows[1], cols[0]:cols[1]]))
+    return net.forward_pooled(torch.cat(pooled)).float().softmax(dim=1).mean(dim=0, keepdim=True)
