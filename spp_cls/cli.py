@@ -154,7 +154,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
 
 
 PROGRESS_BAR_REFRESH_STEPS = 50
-"""Training steps between progress-bar refreshes (as log_every_n_steps), unless trainer.callbacks has a bar."""
+"""Training steps between progress-bar refreshes on a GPU (as log_every_n_steps), unless trainer.callbacks has one."""
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 90,
     # the datamodule builds each epoch's train stream for that epoch (shard order keyed on (seed, epoch))
@@ -200,6 +200,7 @@ def _save_config_class() -> type:
 
 
 def _cli_class(base: type) -> type:
+    import torch
     from pytorch_lightning.plugins.environments import SLURMEnvironment
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
     from pytorch_lightning.loggers import WandbLogger
@@ -280,10 +281,11 @@ def _cli_class(base: type) -> type:
                 )
             extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
             extra = extra if isinstance(extra, list) else [extra]
-            if trainer_config.get("enable_progress_bar") is not False and not any(
+            on_accelerator = trainer_config.get("accelerator") != "cpu" and torch.cuda.is_available()
+            if on_accelerator and trainer_config.get("enable_progress_bar") is not False and not any(
                     isinstance(callback, ProgressBar) for callback in extra):
                 # Each refresh of the bar reads the logged loss with .item(): a device sync that keeps the CPU from
-                # queuing the next step while the GPU works. Lightning's default refreshes every step.
+                # queuing the next step while the GPU works. Lightning's default refreshes every step (kept on CPU).
                 callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
             kwargs["callbacks"] = [*extra, *callbacks]
             return super().instantiate_trainer(**kwargs)

@@ -19,7 +19,7 @@ from test_fit_cli import cpu_args
 from test_pipeline import jpeg_bytes
 
 from spp_cls.bench import synthetic_shards
-from spp_cls.cli import main
+from spp_cls.cli import PROGRESS_BAR_REFRESH_STEPS, build_cli, main
 from spp_cls.data.datamodule import ShardDataModule
 from spp_cls.data.device_decode import JpegBatch, collate_jpegs, decode_train_batch
 from spp_cls.models import create
@@ -120,3 +120,11 @@ def test_fit_and_test_on_the_gpu_fast_path(demo_shards: Path, tmp_path: Path) ->
     fmap = json.loads((run / "results_tenview_fmap.json").read_text())
     assert tenview["num_test_images"] == fmap["num_test_images"] == 15
     assert tenview["test_protocol"] == "tenview" and fmap["test_protocol"] == "tenview_fmap"
+
+
+def test_the_progress_bar_refreshes_every_50_steps_on_the_gpu(demo_shards: Path, tmp_path: Path) -> None:
+    """Each refresh reads the loss with .item(), a device sync: every step would stall the GPU's queue."""
+    args = cpu_args(demo_shards, tmp_path, "--wandb", "false", "--trainer.enable_progress_bar", "true",
+                    "--trainer.accelerator", "gpu")
+    trainer = build_cli(args, run=False).trainer
+    assert trainer.progress_bar_callback.refresh_rate == PROGRESS_BAR_REFRESH_STEPS == 50

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spp_cls.cli import PROGRESS_BAR_REFRESH_STEPS, build_cli, main
+from spp_cls.cli import build_cli, main
 from wandb_offline import offline_run_ids
 
 pytestmark = pytest.mark.slow
@@ -108,10 +108,10 @@ def test_bad_input_is_one_line_and_exit_2(demo_shards, tmp_path, capsys):
     assert "train this run first" in capsys.readouterr().err
 
 
-def test_the_progress_bar_refreshes_every_50_steps_unless_trainer_callbacks_has_one(demo_shards, tmp_path):
+def test_the_progress_bar_refreshes_every_step_on_the_cpu_and_a_configured_bar_wins(demo_shards, tmp_path):
+    """On a GPU it refreshes every PROGRESS_BAR_REFRESH_STEPS steps instead (tests/test_cuda.py)."""
     args = cpu_args(demo_shards, tmp_path, "--wandb", "false", "--trainer.enable_progress_bar", "true")
-    default = build_cli(args, run=False).trainer
-    assert default.progress_bar_callback.refresh_rate == PROGRESS_BAR_REFRESH_STEPS == 50
+    assert build_cli(args, run=False).trainer.progress_bar_callback.refresh_rate == 1
     own_bar = '{"class_path": "TQDMProgressBar", "init_args": {"refresh_rate": 5}}'
     own = build_cli([*args, f"--trainer.callbacks+={own_bar}"], run=False).trainer
     assert own.progress_bar_callback.refresh_rate == 5
