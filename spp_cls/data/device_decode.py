@@ -21,7 +21,8 @@ Corrupt samples ("logged and counted, not fatal"):
   (image and label), so the batch keeps its static shape.
 
 On CUDA the caller's stream is drained before each decode call: torchvision's decoder does not order its own
-stream after it (see ``_decode_files``); the wait costs one step's tail per batch, no more.
+stream after it (see ``_decode_files``). The price: the previous training step finishes before the next batch decodes,
+so decode and training no longer overlap on the GPU (torchvision's decode ends in a host sync anyway).
 
 NOTE: what remains: a file whose header parses but whose body no decoder reads has had its crop drawn in the worker,
 so from that sample on the RNG draws of the two paths part; nvJPEG's hardware decoder may return garbage pixels for
