@@ -55,15 +55,21 @@ def job_records(job_id: str) -> list[dict[str, str]]:
 def wait_until_done(job_id: str, timeout: float, logs: Path) -> list[dict[str, str]]:
     """Poll until every task of the job has ended; scancel it and fail past `timeout` (the hard limit of a job)."""
     deadline = time.monotonic() + timeout
+    released: set[tuple[str, str]] = set()  # (job, restart count) already given an earlier start time
     while time.monotonic() < deadline:
         records = job_records(job_id)
         if all(r["JobState"] in DONE_STATES for r in records):
             return records
         for record in records:
-            if record["JobState"] == "PENDING" and record.get("Reason") == "BeginTime":
-                # a requeued job waits cred_expire (120 s by default) before it may start again: don't wait here
-                subprocess.run(["scontrol", "update", f"JobId={record['JobId']}", "StartTime=now"], check=True,
+            restart = (record["JobId"], record["Restarts"])
+            if record["JobState"] == "PENDING" and record.get("Reason") == "BeginTime" and restart not in released:
+                # A requeued job waits cred_expire (120 s by default) before it may start again: start it sooner,
+                # but not within the second of the requeue. slurmd revokes the killed incarnation's credential at
+                # whole-second resolution (ctime <= revoke time), so a start in that same second is refused with
+                # "Job credential revoked" and the job ends FAILED (SLURM 22.05; seen once in CI).
+                subprocess.run(["scontrol", "update", f"JobId={record['JobId']}", "StartTime=now+2"], check=True,
                                timeout=30)
+                released.add(restart)
         time.sleep(0.5)
     subprocess.run(["scancel", job_id], check=False, timeout=30)
     pytest.fail(f"job {job_id} still running after {timeout} s; cancelled:\n{tail_of_logs(logs)}")

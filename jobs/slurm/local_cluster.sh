@@ -16,7 +16,8 @@
 # jobs of an earlier session are dropped. Settings that make tests quicker than a production cluster would be:
 #   KillWait=10   a job being requeued or cancelled gets SIGKILL 10 s after SIGTERM (default 30)
 # A requeued job waits cred_expire+1 s (121 s, SLURM's default) before it may start again; tests that do not want
-# to wait release it with `scontrol update JobId=ID StartTime=now`.
+# to wait release it with `scontrol update JobId=ID StartTime=now+2` (not `now`: a start within the second of
+# the requeue finds the old credential revoked, and SLURM fails the job).
 set -euo pipefail
 
 STATE_DIR=/run/spp-cls-local-slurm        # pid files of the daemons this script started
