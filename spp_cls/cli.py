@@ -246,13 +246,16 @@ def _cli_class(base: type) -> type:
             config = self.run_config.as_dict()
             trainer_config = config.get("trainer", {})
             callbacks = [
+                # The epoch's summary.csv row is written before its checkpoints (Lightning keeps the order of
+                # checkpoint-like callbacks): a run stopped between the two then repeats that epoch and replaces its
+                # row, where the other order would resume past an epoch whose row was never written.
+                RunRecorder(directory, self.run_config.experiment, config_hash(config)),
                 # best.ckpt by val top-1 error, and last.ckpt after every epoch (the file `fit` resumes from)
                 ModelCheckpoint(dirpath=directory, filename="best", monitor="val/top1_err", mode="min", save_top_k=1,
                                 auto_insert_metric_name=False, enable_version_counter=False,
                                 save_on_train_epoch_end=True),
                 ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False,
                                 save_on_train_epoch_end=True),
-                RunRecorder(directory, self.run_config.experiment, config_hash(config)),
             ]
             kwargs["default_root_dir"] = str(directory)
             if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):

@@ -4,9 +4,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from pytorch_lightning import Callback
 
 from spp_cls.cli import build_cli, main
 from wandb_offline import offline_run_ids
@@ -129,3 +131,26 @@ def test_deterministic_turns_cudnn_autotuning_off(demo_shards, tmp_path, monkeyp
         assert torch.backends.cudnn.benchmark is False and torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+class SummaryAtSave(Callback):
+    """Notes, at each checkpoint save, which epochs summary.csv holds."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self.seen: list[tuple[int, list[str]]] = []
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self.seen.append((trainer.current_epoch, [row["epoch"] for row in read_summary(self.run)]))
+
+
+def test_each_epoch_summary_row_is_written_before_its_checkpoints(demo_shards, tmp_path):
+    """So a run stopped between the two repeats that epoch (and rewrites its row) rather than skipping the row."""
+    cli = build_cli(cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "2", "--wandb", "false"), run=False)
+    probe = SummaryAtSave(cli.run_dir)
+    cli.trainer.callbacks.append(probe)
+    cli.fit(cli.model, datamodule=cli.datamodule)
+    # last.ckpt at both epoch ends (best.ckpt when val error improved), each after the row of its epoch
+    assert {epoch for epoch, _ in probe.seen} == {0, 1}
+    for epoch, rows in probe.seen:
+        assert rows == [str(e) for e in range(epoch + 1)], probe.seen
