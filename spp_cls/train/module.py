@@ -3,6 +3,7 @@ SGD with a plateau (or milestone) schedule, and the epoch's training size from t
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -20,6 +21,11 @@ from .schedule import SizeSchedule, train_size, variant_name
 
 LrSchedule = Literal["plateau", "milestones"]
 LrScheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+# Lightning's warning for an epoch-level value logged without sync_dist under DDP, for the keys this module reduces
+SYNC_DIST_ADVICE_FOR_REDUCED_VALUES = (
+    r"It is recommended to use `self\.log\('(train/epoch_loss|train/size|train/images_per_s|lr|"
+    r"(val|test)/(top1_err|top5_err|images))'"
+)
 
 
 class SppClassifier(pl.LightningModule):
@@ -112,6 +118,9 @@ class SppClassifier(pl.LightningModule):
         return self.net(self.normalise(images, size=size, train=train))
 
     def setup(self, stage: str) -> None:
+        # The epoch values of on_train_epoch_end and _log_errors are summed over all ranks here before they are
+        # logged; Lightning's advice to add sync_dist=True (a second, averaging reduction) does not apply to them.
+        warnings.filterwarnings("ignore", message=SYNC_DIST_ADVICE_FOR_REDUCED_VALUES, category=UserWarning)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and stage == "fit":
             self.transform.set_statistics(datamodule.mean_rgb, datamodule.pca_eigval, datamodule.pca_eigvec)
