@@ -16,6 +16,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,9 @@ def _cli_class(base: type) -> type:
                                 save_on_train_epoch_end=True),
             ]
             kwargs["default_root_dir"] = str(directory)
+            # the run directory holds the checkpoints beside the run's other files by design, and `fit` resumes from it
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty",
+                                    category=UserWarning)
             if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):
                 # cuDNN autotuning (on by default here) picks kernels by timing, so it would undo the determinism asked
                 kwargs["benchmark"] = False
