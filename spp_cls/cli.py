@@ -113,6 +113,10 @@ def _run_dir(argv: list[str]) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
+    from .train import requeue_signal
+
+    if requeue_signal.under_slurm():
+        requeue_signal.listen()  # before the seconds of imports and set-up, in which SIGUSR1 would kill the task
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:
@@ -265,12 +269,10 @@ def _cli_class(base: type) -> type:
             if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):
                 # cuDNN autotuning (on by default here) picks kernels by timing, so it would undo the determinism asked
                 kwargs["benchmark"] = False
-            if SLURMEnvironment.detect() and not trainer_config.get("plugins"):
-                # Lightning's own requeue can hang under DDP (see SlurmRequeue); only `fit` requeues: an HPC
-                # checkpoint saved during a test holds no training progress
-                kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
-                if self.subcommand == "fit":
-                    callbacks.append(SlurmRequeue())
+            if SLURMEnvironment.detect():
+                if not trainer_config.get("plugins"):
+                    kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]  # its requeue can hang DDP
+                callbacks.append(SlurmRequeue())  # SIGUSR1 in fit, validate or test requeues the job
             if not self.run_config.wandb and trainer_config.get("logger") in (None, True):
                 kwargs["logger"] = False  # no wandb asked for: no default logger folders in the run directory either
             elif self.run_config.wandb and trainer_config.get("logger") in (None, True):

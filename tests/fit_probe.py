@@ -1,8 +1,10 @@
-"""A callback the DDP test adds through the config: each rank appends what it did per epoch to its own JSON-lines
-file, so the test can compare ranks after the processes have ended."""
+"""Callbacks the process tests add through a config: RankProbe (the DDP test) has each rank append what it did per
+epoch to its own JSON-lines file, so the test can compare ranks after the processes have ended; HoldFirstTest (the
+SLURM test) holds the first test step open long enough to be signalled in the middle of it."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -31,3 +33,16 @@ class RankProbe(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, {"stage": "test", "test_images": float(trainer.callback_metrics["test/images"])})
+
+
+class HoldFirstTest(pl.Callback):
+    """On the first test batch of the first `spp-cls test` (no marker file yet), rank 0 creates the marker and waits."""
+
+    def __init__(self, marker: str, seconds: float) -> None:
+        self.marker = Path(marker)
+        self.seconds = seconds
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.is_global_zero and batch_idx == 0 and not self.marker.exists():
+            self.marker.touch()
+            time.sleep(self.seconds)

@@ -1,6 +1,7 @@
 """The SLURM job scripts on a real one-node SLURM cluster (localhost, brought up by jobs/slurm/local_cluster.sh):
 the table1 array submitted with the SPP_CLS_* shape, a 2-task fit.sbatch preempted by SIGUSR1 -> HPC checkpoint ->
-requeue -> resume -> done, and the batch shell forwarding SIGUSR1 to its step."""
+requeue -> resume -> done, the same signal during the test step, and the batch shell forwarding SIGUSR1 to its
+step."""
 from __future__ import annotations
 
 import csv
@@ -165,6 +166,44 @@ def test_fit_sbatch_preempted_by_sigusr1_requeues_and_resumes_from_its_hpc_check
     assert results["epochs"] == epochs and results["num_test_images"] == 15
     wandb_id = (run / "wandb_id.txt").read_text().strip()
     assert offline_run_ids(run) == {wandb_id}  # one wandb run
+
+
+def test_fit_sbatch_signalled_during_its_test_step_requeues_and_tests_again(slurm, demo_shards, tmp_path):
+    """A time limit that falls into the 10-view test requeues the job too: `fit` finds training done, `test` reruns."""
+    marker = tmp_path / "first-test-started"
+    probe_config = tmp_path / "probe.yaml"
+    probe_config.write_text("trainer:\n  callbacks:\n    - class_path: fit_probe.HoldFirstTest\n"
+                            f"      init_args:\n        marker: {marker}\n        seconds: 10\n")
+    env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t", PYTHONPATH=str(Path(__file__).parent))
+    command = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10",
+               f"--output={tmp_path}/fit-%j.out", str(REPO / "jobs/slurm/fit.sbatch"),
+               "configs/table1/zf5_spp_multi.yaml", *CPU_OVERRIDES.split(), "--trainer.strategy", "ddp",
+               "--trainer.max_epochs", "1", "--config", str(probe_config)]
+    job_id = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO,
+                            timeout=60).stdout.strip()
+    run = tmp_path / "runs" / "t" / "zf5-spp_multi"
+
+    deadline = time.monotonic() + 180
+    while not marker.exists():  # the first test step is inside its first batch, held there for 10 s
+        state = job_records(job_id)[0]["JobState"]
+        if time.monotonic() > deadline or state not in {"PENDING", "CONFIGURING", "RUNNING"}:
+            subprocess.run(["scancel", job_id], check=False, timeout=30)
+            pytest.fail(f"job {job_id} ({state}) did not reach its test step in time:\n{tail_of_logs(tmp_path)}")
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
+
+    record = wait_until_done(job_id, timeout=240, logs=tmp_path)[0]
+    text = (tmp_path / f"fit-{job_id}.out").read_text()
+    assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", text[-3000:]
+    assert text.count("spp-cls: SIGUSR1: during test, nothing to save") == 1
+    # the second start: fit resumes from the final last.ckpt and trains nothing, then the test runs to the end
+    assert text.count("spp-cls: run directory") == 2
+    assert re.search(rf"resuming from {re.escape(str(run))}/last\.ckpt", text), text[-3000:]
+    assert text.count("spp-cls: evaluating") == 2
+    assert [row["epoch"] for row in csv.DictReader((run / "summary.csv").open())] == ["0"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 1 and results["num_test_images"] == 15
+    assert offline_run_ids(run) == {(run / "wandb_id.txt").read_text().strip()}  # one wandb run
 
 
 def test_batch_shell_forwards_sigusr1_to_the_running_step(slurm, tmp_path):

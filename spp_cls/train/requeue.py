@@ -1,14 +1,18 @@
-"""SLURM preemption: on SIGUSR1, save an HPC checkpoint at the next batch boundary and requeue the job.
+"""SLURM time limits and preemption: once SIGUSR1 has arrived, requeue the job at the next batch boundary.
+
+- `fit`: at the next training batch end, after saving an HPC checkpoint that the requeued job's `fit` resumes from;
+  a signal that comes after the last training batch requeues at the end of training (last.ckpt then holds it all).
+- `validate` / `test`: at the next evaluation batch end, with nothing to save: the requeued job's `fit` returns at
+  once (its last.ckpt is final) and the evaluation runs again from the start.
 
 NOTE: Lightning's own SLURM requeue saves the checkpoint inside the signal handler, and that save ends in a barrier:
 under DDP a rank that is inside another collective at that moment never reaches it, and both ranks hang (seen in 2
-of 28 real 2-rank trials). Here the handler only sets a flag; all ranks agree on it at a batch boundary, save
-together, rank 0 runs `scontrol requeue`, and every rank exits.
+of 28 real 2-rank trials). Here the handler only sets a flag (requeue_signal.py); all ranks agree on it at a batch
+boundary, save together, rank 0 runs `scontrol requeue`, and every rank exits.
 """
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,26 +21,42 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
+from . import requeue_signal
+
 
 class SlurmRequeue(pl.Callback):
-    def __init__(self) -> None:
-        self.requested = False
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            signal.signal(signal.SIGUSR1, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.requested = True  # only a flag: no I/O and no collectives inside a signal handler
+        requeue_signal.listen()  # the CLI listens from its start already; this covers a Trainer built elsewhere
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
-            return
-        directory = Path(trainer.default_root_dir)
-        number = 1 + max((int(p.stem.rsplit("_", 1)[1]) for p in directory.glob("hpc_ckpt_*.ckpt")), default=0)
-        path = directory / f"hpc_ckpt_{number}.ckpt"
-        trainer.save_checkpoint(path)  # every rank at the same step
-        rank_zero_info(f"spp-cls: SIGUSR1: saved {path}; requeueing")
+        if self._asked(trainer):
+            directory = Path(trainer.default_root_dir)
+            number = 1 + max((int(p.stem.rsplit("_", 1)[1]) for p in directory.glob("hpc_ckpt_*.ckpt")), default=0)
+            path = directory / f"hpc_ckpt_{number}.ckpt"
+            trainer.save_checkpoint(path)  # every rank at the same step
+            self._requeue(trainer, f"saved {path}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._asked(trainer):
+            self._requeue(trainer, "after the last training batch, nothing to save (last.ckpt holds the whole run)")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        # inside `fit`, the next training batch or the end of training acts on the signal
+        if trainer.state.fn == "validate" and self._asked(trainer):
+            self._requeue(trainer, "during validate, nothing to save (the requeued job validates again)")
+
+    def on_test_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self._asked(trainer):
+            self._requeue(trainer, "during test, nothing to save (the requeued job tests again)")
+
+    @staticmethod
+    def _asked(trainer: pl.Trainer) -> bool:
+        """Whether any rank got the signal; every rank calls this at the same batch boundaries."""
+        return trainer.strategy.reduce_boolean_decision(requeue_signal.received(), all=False)
+
+    @staticmethod
+    def _requeue(trainer: pl.Trainer, what_was_done: str) -> None:
+        rank_zero_info(f"spp-cls: SIGUSR1: {what_was_done}; requeueing")
         if trainer.is_global_zero:
             # close the wandb run before SLURM kills this process: the requeued job resumes the same run id, which
             # a still-open run of the killed process would hold ("run ID ... is in use")
