@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,6 +85,27 @@ def script_env(demo_shards: Path, tmp_path: Path, **settings: str) -> dict[str, 
             "SPP_CLS_DATA": str(demo_shards), "SPP_CLS_RUNS": str(tmp_path / "runs"), **settings}
 
 
+def submit_fit_sbatch(env: dict[str, str], tmp_path: Path, *overrides: str) -> str:
+    """Plain sbatch of fit.sbatch on the zf5_spp_multi config at CPU scale: its #SBATCH lines, the shape changed on
+    the sbatch line (2 tasks, no GPU), the log in tmp_path/fit-<job>.out; returns the job id."""
+    command = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10",
+               f"--output={tmp_path}/fit-%j.out", str(REPO / "jobs/slurm/fit.sbatch"),
+               "configs/table1/zf5_spp_multi.yaml", *CPU_OVERRIDES.split(), "--trainer.strategy", "ddp", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO,
+                          timeout=60).stdout.strip()
+
+
+def wait_while_running(job_id: str, reached: Callable[[], bool], what: str, timeout: float, logs: Path) -> None:
+    """Poll until `reached()`; scancel the job and fail if it ends first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not reached():
+        state = job_records(job_id)[0]["JobState"]
+        if time.monotonic() > deadline or state not in {"PENDING", "CONFIGURING", "RUNNING"}:
+            subprocess.run(["scancel", job_id], check=False, timeout=30)
+            pytest.fail(f"job {job_id} ({state}) did not reach {what} in time:\n{tail_of_logs(logs)}")
+        time.sleep(0.2)
+
+
 def test_table1_array_submits_itself_with_the_shape_variables_and_fills_the_table(slurm, demo_shards, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -124,24 +145,14 @@ def test_table1_array_submits_itself_with_the_shape_variables_and_fills_the_tabl
 def test_fit_sbatch_preempted_by_sigusr1_requeues_and_resumes_from_its_hpc_checkpoint(slurm, demo_shards, tmp_path):
     epochs = 10
     env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t")
-    # plain sbatch: the #SBATCH lines of fit.sbatch, the shape changed on the sbatch line (2 tasks, no GPU)
-    command = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10",
-               f"--output={tmp_path}/fit-%j.out", str(REPO / "jobs/slurm/fit.sbatch"),
-               "configs/table1/zf5_spp_multi.yaml", *CPU_OVERRIDES.split(), "--trainer.strategy", "ddp",
-               "--trainer.max_epochs", str(epochs)]
-    job_id = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO,
-                            timeout=60).stdout.strip()
+    job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", str(epochs))
     log = tmp_path / f"fit-{job_id}.out"
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"
 
     # preempt it once the first epoch is done (the time limit's SIGUSR1 goes to the step's tasks, as this does)
-    deadline = time.monotonic() + 120
-    while not ((run / "summary.csv").is_file() and len((run / "summary.csv").read_text().splitlines()) >= 2):
-        state = job_records(job_id)[0]["JobState"]
-        if time.monotonic() > deadline or state not in {"PENDING", "CONFIGURING", "RUNNING"}:
-            subprocess.run(["scancel", job_id], check=False, timeout=30)
-            pytest.fail(f"job {job_id} ({state}) finished no epoch in time:\n{tail_of_logs(tmp_path)}")
-        time.sleep(0.2)
+    summary = run / "summary.csv"
+    wait_while_running(job_id, lambda: summary.is_file() and len(summary.read_text().splitlines()) >= 2,
+                       "the end of its first epoch", timeout=120, logs=tmp_path)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
     deadline = time.monotonic() + 30
     while job_records(job_id)[0]["Restarts"] == "0":
@@ -175,21 +186,11 @@ def test_fit_sbatch_signalled_during_its_test_step_requeues_and_tests_again(slur
     probe_config.write_text("trainer:\n  callbacks:\n    - class_path: fit_probe.HoldFirstTest\n"
                             f"      init_args:\n        marker: {marker}\n        seconds: 10\n")
     env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t", PYTHONPATH=str(Path(__file__).parent))
-    command = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10",
-               f"--output={tmp_path}/fit-%j.out", str(REPO / "jobs/slurm/fit.sbatch"),
-               "configs/table1/zf5_spp_multi.yaml", *CPU_OVERRIDES.split(), "--trainer.strategy", "ddp",
-               "--trainer.max_epochs", "1", "--config", str(probe_config)]
-    job_id = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO,
-                            timeout=60).stdout.strip()
+    job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", "1", "--config", str(probe_config))
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"
 
-    deadline = time.monotonic() + 180
-    while not marker.exists():  # the first test step is inside its first batch, held there for 10 s
-        state = job_records(job_id)[0]["JobState"]
-        if time.monotonic() > deadline or state not in {"PENDING", "CONFIGURING", "RUNNING"}:
-            subprocess.run(["scancel", job_id], check=False, timeout=30)
-            pytest.fail(f"job {job_id} ({state}) did not reach its test step in time:\n{tail_of_logs(tmp_path)}")
-        time.sleep(0.2)
+    # signal it inside its first test batch, which the probe holds for 10 s
+    wait_while_running(job_id, marker.exists, "its test step", timeout=180, logs=tmp_path)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
 
     record = wait_until_done(job_id, timeout=240, logs=tmp_path)[0]
