@@ -1,6 +1,6 @@
 """Callbacks the process tests add through a config: RankProbe (the DDP test) has each rank append what it did per
-epoch to its own JSON-lines file, so the test can compare ranks after the processes have ended; HoldFirstTest (the
-SLURM test) holds the first test step open long enough to be signalled in the middle of it."""
+epoch to its own JSON-lines file, so the test can compare ranks after the processes have ended; HoldOnce (the SLURM
+tests) holds a step open long enough to be signalled in the middle of it."""
 from __future__ import annotations
 
 import json
@@ -35,14 +35,25 @@ class RankProbe(pl.Callback):
         self._write(trainer, {"stage": "test", "test_images": float(trainer.callback_metrics["test/images"])})
 
 
-class HoldFirstTest(pl.Callback):
-    """On the first test batch of the first `spp-cls test` (no marker file yet), rank 0 creates the marker and waits."""
+class HoldOnce(pl.Callback):
+    """Rank 0 holds the first batch of `where` for `seconds`, once per test (the marker file says it has): "test" is
+    the test step, "final_validation" the validation that ends the last training epoch of `fit`."""
 
-    def __init__(self, marker: str, seconds: float) -> None:
+    def __init__(self, marker: str, seconds: float, where: str) -> None:
         self.marker = Path(marker)
         self.seconds = seconds
+        self.where = where
 
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+    def _hold(self, trainer: pl.Trainer, batch_idx: int) -> None:
         if trainer.is_global_zero and batch_idx == 0 and not self.marker.exists():
             self.marker.touch()
             time.sleep(self.seconds)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.where == "test":
+            self._hold(trainer, batch_idx)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        final = trainer.state.fn == "fit" and trainer.current_epoch == trainer.max_epochs - 1
+        if self.where == "final_validation" and final and not trainer.sanity_checking:
+            self._hold(trainer, batch_idx)

@@ -1,7 +1,7 @@
 """The SLURM job scripts on a real one-node SLURM cluster (localhost, brought up by jobs/slurm/local_cluster.sh):
 the table1 array submitted with the SPP_CLS_* shape, a 2-task fit.sbatch preempted by SIGUSR1 -> HPC checkpoint ->
-requeue -> resume -> done, the same signal during the test step, and the batch shell forwarding SIGUSR1 to its
-step."""
+requeue -> resume -> done, the same signal after the last training batch, and the batch shell forwarding SIGUSR1 to
+its step."""
 from __future__ import annotations
 
 import csv
@@ -179,28 +179,34 @@ def test_fit_sbatch_preempted_by_sigusr1_requeues_and_resumes_from_its_hpc_check
     assert offline_run_ids(run) == {wandb_id}  # one wandb run
 
 
-def test_fit_sbatch_signalled_during_its_test_step_requeues_and_tests_again(slurm, demo_shards, tmp_path):
-    """A time limit that falls into the 10-view test requeues the job too: `fit` finds training done, `test` reruns."""
-    marker = tmp_path / "first-test-started"
+@pytest.mark.parametrize(("hold", "requeue_note", "evaluations"), [
+    ("test", "during test, nothing to save", 2),
+    ("final_validation", "after the last training batch, nothing to save", 1),
+])
+def test_fit_sbatch_signalled_after_training_requeues_and_still_tests(slurm, demo_shards, tmp_path, hold,
+                                                                      requeue_note, evaluations):
+    """A time limit that falls after the last training batch (in the final validation of `fit`, or in the 10-view
+    test) requeues the job too: the requeued `fit` finds training done and the test runs to the end."""
+    marker = tmp_path / "held"
     probe_config = tmp_path / "probe.yaml"
-    probe_config.write_text("trainer:\n  callbacks:\n    - class_path: fit_probe.HoldFirstTest\n"
-                            f"      init_args:\n        marker: {marker}\n        seconds: 10\n")
+    probe_config.write_text("trainer:\n  callbacks:\n    - class_path: fit_probe.HoldOnce\n      init_args:\n"
+                            f"        marker: {marker}\n        seconds: 10\n        where: {hold}\n")
     env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t", PYTHONPATH=str(Path(__file__).parent))
     job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", "1", "--config", str(probe_config))
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"
 
-    # signal it inside its first test batch, which the probe holds for 10 s
-    wait_while_running(job_id, marker.exists, "its test step", timeout=180, logs=tmp_path)
+    # signal it inside the batch that the probe holds for 10 s
+    wait_while_running(job_id, marker.exists, f"the held {hold} batch", timeout=180, logs=tmp_path)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
 
     record = wait_until_done(job_id, timeout=240, logs=tmp_path)[0]
     text = (tmp_path / f"fit-{job_id}.out").read_text()
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", text[-3000:]
-    assert text.count("spp-cls: SIGUSR1: during test, nothing to save") == 1
+    assert text.count(f"spp-cls: SIGUSR1: {requeue_note}") == 1
     # the second start: fit resumes from the final last.ckpt and trains nothing, then the test runs to the end
     assert text.count("spp-cls: run directory") == 2
     assert re.search(rf"resuming from {re.escape(str(run))}/last\.ckpt", text), text[-3000:]
-    assert text.count("spp-cls: evaluating") == 2
+    assert text.count("spp-cls: evaluating") == evaluations
     assert [row["epoch"] for row in csv.DictReader((run / "summary.csv").open())] == ["0"]
     results = json.loads((run / "results.json").read_text())
     assert results["epochs"] == 1 and results["num_test_images"] == 15
