@@ -13,7 +13,7 @@ _received = False
 
 
 def under_slurm() -> bool:
-    """Running as a SLURM task that Lightning treats as such (its SLURMEnvironment.detect(): not an interactive shell)."""
+    """Running as a SLURM task that Lightning treats as one (as SLURMEnvironment.detect(): no interactive shell)."""
     return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
 
 
