@@ -206,9 +206,9 @@ def _save_config_class() -> type:
 
 def _cli_class(base: type) -> type:
     import torch
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
     from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
     from pytorch_lightning.utilities import rank_zero_info
 
     from .train.recorder import RunRecorder
