@@ -6,6 +6,7 @@ Data: the ``demo_shards`` fixture (60 train samples in 15 shards of 4; 15 val sa
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -146,3 +147,17 @@ def test_eval_workers_can_be_fewer_than_training_workers(demo_shards: Path) -> N
     seen = [int(label) for rank in (0, 1) for _, labels, valid in datamodule.eval_loader("validate", rank, 2)
             for label in labels[valid]]
     assert len(seen) == 15 and sorted(seen) == sorted([c for c in range(5) for _ in range(3)])
+
+
+class ParentPidStream(torch.utils.data.IterableDataset):
+    """Each loader worker yields the pid of the process that started it."""
+
+    def __iter__(self):
+        yield torch.tensor(os.getppid())
+
+
+def test_loader_workers_do_not_start_by_a_fork_of_the_training_process():
+    """A fork() of a process that runs other threads (DDP, Lightning's observer, pin memory) can leave the worker
+    deadlocked inside fork() and the rank waiting for it forever; the workers start from a forkserver instead."""
+    parents = [int(pid) for pid in ShardDataModule._loader(ParentPidStream(), workers=2)]
+    assert len(parents) == 2 and len(set(parents)) == 1 and parents[0] != os.getpid()

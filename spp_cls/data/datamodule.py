@@ -21,6 +21,7 @@ Exactness under DDP (ddp, ddp_spawn, torchrun, srun alike: rank and world size c
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,23 @@ from spp_cls.data.views import (
 )
 
 EvalStage = Literal["validate", "test"]
+# imported once by the server that starts the loader workers, so that starting one costs a fork, not an import
+WORKER_PRELOAD = ["__main__", "spp_cls.data.pipeline", "spp_cls.data.device_decode"]
+
+
+def loader_worker_context() -> multiprocessing.context.BaseContext:
+    """Loader workers start from a forkserver, not by fork() of the training process.
+
+    NOTE: a rank process runs other threads (Lightning's child-process observer under `ddp`, the pin-memory thread,
+    the gloo/NCCL threads); a fork() that lands while one of them holds a lock leaves the child deadlocked inside
+    fork(), and the rank then waits for its batch forever. Seen here: 2 hangs in about 140 two-rank CPU runs, the
+    stuck worker's stack ending in os.fork(); pytorch/pytorch#130610 reports the same with the pin-memory thread.
+    The forkserver is a single-threaded process started once per rank (by fork + exec); the script that started
+    training is imported there as `__mp_main__`, so its top-level code must sit behind `if __name__ == "__main__"`.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
 Decode = Literal["cpu", "device"]
 DECODES = ("cpu", "device")
 EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -266,7 +284,7 @@ class ShardDataModule(pl.LightningDataModule):
         # persistent_workers stays False: each epoch's stream is a new object (epoch-dependent pipeline).
         return wds.WebLoader(
             stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
+            persistent_workers=False, multiprocessing_context=loader_worker_context() if workers else None,
         )
 
     def _padding_batch(self, stage: EvalStage) -> EvalBatch:
