@@ -50,7 +50,7 @@ def loader_worker_context() -> multiprocessing.context.BaseContext:
 
     NOTE: a rank process runs other threads (Lightning's child-process observer under `ddp`, the pin-memory thread,
     the gloo/NCCL threads); a fork() that lands while one of them holds a lock leaves the child deadlocked inside
-    fork(), and the rank then waits for its batch forever. Seen here: 2 hangs in about 140 two-rank CPU runs, the
+    fork(), and the rank then waits for its batch forever. Seen here: 3 hangs in about 150 two-rank CPU runs, the
     stuck worker's stack ending in os.fork(); pytorch/pytorch#130610 reports the same with the pin-memory thread.
     The forkserver is a single-threaded process started once per rank (by fork + exec); the script that started
     training is imported there as `__mp_main__`, so its top-level code must sit behind `if __name__ == "__main__"`.
