@@ -41,6 +41,9 @@ from spp_cls.data.views import (
 )
 
 EvalStage = Literal["validate", "test"]
+Decode = Literal["cpu", "device"]
+DECODES = ("cpu", "device")
+EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # imported once by the server that starts the loader workers, so that starting one costs a fork, not an import
 WORKER_PRELOAD = ["__main__", "spp_cls.data.pipeline", "spp_cls.data.device_decode"]
 
@@ -58,9 +61,6 @@ def loader_worker_context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WORKER_PRELOAD)
     return context
-Decode = Literal["cpu", "device"]
-DECODES = ("cpu", "device")
-EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def pad_batches(batches: Iterable[EvalBatch], total: int, padding: EvalBatch) -> Iterator[EvalBatch]:
