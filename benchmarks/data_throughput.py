@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision import datasets, transforms
 
-from spp_cls.data.datamodule import ShardDataModule
-from spp_cls.data.shards import convert
+from spp_cls.data.shards.convert import convert
+from spp_cls.data.stream.datamodule import ShardDataModule
 from spp_cls.data.synthetic import make_imagenet_folder
 
 NUM_CLASSES = 10

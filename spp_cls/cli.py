@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _shards(argv: list[str]) -> int:
-    from .data.shards import main as shards_main
+    from .data.shards.convert import main as shards_main
 
     return shards_main(argv)
 
@@ -96,8 +96,8 @@ def _run_dir(argv: list[str]) -> int:
 
     import yaml
 
+    from .protocol import config_run_name
     from .train.rundir import run_dir
-    from .train.schedule import variant_name
 
     parser = argparse.ArgumentParser(prog="spp-cls run-dir")
     parser.add_argument("--config", required=True, type=Path)
@@ -105,10 +105,8 @@ def _run_dir(argv: list[str]) -> int:
     parser.add_argument("--experiment", help="overrides the config's experiment")
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text()) or {}
-    model = config.get("model", {})
-    name = f"{model.get('backbone', 'zf5')}-{variant_name(model.get('head', 'spp'), model.get('size_schedule', 'fixed'))}"
     print(run_dir(args.runs_dir or config.get("runs_dir", "runs"), args.experiment or config.get("experiment", "default"),
-                  name))
+                  config_run_name(config.get("model") or {})))
     return 0
 
 
@@ -142,7 +140,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
     """Parse `fit|validate|test` arguments and run them (imports Lightning only here: it takes seconds)."""
     from pytorch_lightning.cli import LightningCLI
 
-    from .data.datamodule import ShardDataModule
+    from .data.stream.datamodule import ShardDataModule
     from .train.module import SppClassifier
 
     cli_class = _cli_class(LightningCLI)
@@ -211,6 +209,7 @@ def _cli_class(base: type) -> type:
     from pytorch_lightning.plugins.environments import SLURMEnvironment
     from pytorch_lightning.utilities import rank_zero_info
 
+    from .protocol import MONITOR
     from .train.recorder import RunRecorder
     from .train.requeue import SlurmRequeue
     from .train.rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
@@ -256,7 +255,7 @@ def _cli_class(base: type) -> type:
                 # row, where the other order would resume past an epoch whose row was never written.
                 RunRecorder(directory, self.run_config.experiment, config_hash(config)),
                 # best.ckpt by val top-1 error, and last.ckpt after every epoch (the file `fit` resumes from)
-                ModelCheckpoint(dirpath=directory, filename="best", monitor="val/top1_err", mode="min", save_top_k=1,
+                ModelCheckpoint(dirpath=directory, filename="best", monitor=MONITOR, mode="min", save_top_k=1,
                                 auto_insert_metric_name=False, enable_version_counter=False,
                                 save_on_train_epoch_end=True),
                 ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False,

@@ -12,12 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from .protocol import TABLE_VARIANTS, VARIANTS
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-VARIANTS = {  # variant -> (head, size schedule)
-    "nospp": ("nospp", "fixed"),
-    "spp_single": ("spp", "fixed"),
-    "spp_multi": ("spp", "alternate"),
-}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -28,22 +25,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--val-per-class", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2, help="processes for the shards and loader workers")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(TABLE_VARIANTS),
+                        help="comma-separated subset of " + ", ".join(TABLE_VARIANTS))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
+    unknown = sorted(set(variants) - set(TABLE_VARIANTS))
     if unknown:
-        print(f"spp-cls demo: error: unknown variants {unknown}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        print(f"spp-cls demo: error: unknown variants {unknown}; choose from {', '.join(TABLE_VARIANTS)}", file=sys.stderr)
         return 2
     if not CONFIG.is_file():
         print(f"spp-cls demo: error: {CONFIG} is missing; run the demo from a checkout of spp-cls", file=sys.stderr)
         return 2
     from .cli import main as cli_main
-    from .data.shards import convert
+    from .data.shards.convert import convert
     from .data.synthetic import make_imagenet_folder
     from .report.results import collect
     from .report.table import format_markdown
@@ -61,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--config", str(CONFIG), "--data.root", str(shards), "--runs_dir", str(runs),
               "--trainer.max_epochs", str(args.epochs), "--data.num_workers", str(args.workers)]
     for number, variant in enumerate(variants, start=1):
-        head, schedule = VARIANTS[variant]
-        run_args = [*common, "--model.head", head, "--model.size_schedule", schedule]
+        run_args = [*common, "--model.head", VARIANTS[variant].head, "--model.size_schedule", VARIANTS[variant].size_schedule]
         print(f"[3/4] ({number}/{len(variants)}) ZF-5 {variant}: fit {args.epochs} epochs, then the 10-view test",
               flush=True)
         for command in ("fit", "test"):

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .protocol import SPP_MULTI, SPP_RANDOM, SPP_SINGLE, TABLE_VARIANTS
+
 BACKBONES: tuple[str, ...] = ("zf5", "convnet5", "overfeat5", "overfeat7")
-VARIANTS: tuple[str, ...] = ("nospp", "spp_single", "spp_multi")
 
 BACKBONE_TITLES: dict[str, str] = {
     "zf5": "ZF-5",
     "convnet5": "Convnet*-5",
     "overfeat5": "Overfeat-5",
     "overfeat7": "Overfeat-7",
-}
-VARIANT_TITLES: dict[str, str] = {
-    "nospp": "(a) no SPP",
-    "spp_single": "(b) SPP single-size trained",
-    "spp_multi": "(c) SPP multi-size trained",
-    "spp_random": "SPP random-size trained [180, 224]",
 }
 
 
@@ -33,38 +28,36 @@ class PaperError:
     top5: float
 
 
-# Table 2 [P-6]: standard 10-view test (4 corners + center of the s=256 image, each flipped).
+# Table 2 [P-6]: standard 10-view test (4 corners + center of the s=256 image, each flipped); per backbone the
+# (top-1, top-5) errors of the rows (a) no SPP, (b) SPP single-size, (c) SPP multi-size, in TABLE_VARIANTS order.
+_TABLE2_ROWS: dict[str, tuple[tuple[float, float], ...]] = {
+    "zf5": ((35.99, 14.76), (34.98, 14.14), (34.60, 13.64)),
+    "convnet5": ((34.93, 13.92), (34.38, 13.54), (33.94, 13.33)),
+    "overfeat5": ((34.13, 13.52), (32.87, 12.80), (32.26, 12.33)),
+    "overfeat7": ((32.01, 11.97), (30.36, 11.12), (29.68, 10.95)),
+}
 TABLE2: dict[tuple[str, str], PaperError] = {
-    ("zf5", "nospp"): PaperError(35.99, 14.76),
-    ("convnet5", "nospp"): PaperError(34.93, 13.92),
-    ("overfeat5", "nospp"): PaperError(34.13, 13.52),
-    ("overfeat7", "nospp"): PaperError(32.01, 11.97),
-    ("zf5", "spp_single"): PaperError(34.98, 14.14),
-    ("convnet5", "spp_single"): PaperError(34.38, 13.54),
-    ("overfeat5", "spp_single"): PaperError(32.87, 12.80),
-    ("overfeat7", "spp_single"): PaperError(30.36, 11.12),
-    ("zf5", "spp_multi"): PaperError(34.60, 13.64),
-    ("convnet5", "spp_multi"): PaperError(33.94, 13.33),
-    ("overfeat5", "spp_multi"): PaperError(32.26, 12.33),
-    ("overfeat7", "spp_multi"): PaperError(29.68, 10.95),
+    (backbone, variant): PaperError(*errors)
+    for backbone, rows in _TABLE2_ROWS.items()
+    for variant, errors in zip(TABLE_VARIANTS, rows)
 }
 
 # Section 2.3 [P-4, P-6]: Overfeat-7 trained with s ~ U[180, 224] per epoch, 10-view test.
-RANDOM_SIZE: dict[tuple[str, str], PaperError] = {("overfeat7", "spp_random"): PaperError(30.06, 10.96)}
+RANDOM_SIZE: dict[tuple[str, str], PaperError] = {("overfeat7", SPP_RANDOM): PaperError(30.06, 10.96)}
 
 # Section 2.1 [P-5]: ZF-5 single-size with a {4,3,2,1} (30-bin) pyramid, 10-view test.
 ZF5_30BIN_PYRAMID = PaperError(35.06, 14.04)
 
 # Table 3 [P-6]: single view, top-1 error only; key (backbone, variant, view) with view "crop" or "full".
 TABLE3_TOP1: dict[tuple[str, str, str], float] = {
-    ("zf5", "spp_single", "crop"): 38.01,
-    ("zf5", "spp_single", "full"): 37.55,
-    ("zf5", "spp_multi", "crop"): 37.57,
-    ("zf5", "spp_multi", "full"): 37.07,
-    ("overfeat7", "spp_single", "crop"): 33.18,
-    ("overfeat7", "spp_single", "full"): 32.72,
-    ("overfeat7", "spp_multi", "crop"): 32.57,
-    ("overfeat7", "spp_multi", "full"): 31.25,
+    ("zf5", SPP_SINGLE, "crop"): 38.01,
+    ("zf5", SPP_SINGLE, "full"): 37.55,
+    ("zf5", SPP_MULTI, "crop"): 37.57,
+    ("zf5", SPP_MULTI, "full"): 37.07,
+    ("overfeat7", SPP_SINGLE, "crop"): 33.18,
+    ("overfeat7", SPP_SINGLE, "full"): 32.72,
+    ("overfeat7", SPP_MULTI, "crop"): 32.57,
+    ("overfeat7", SPP_MULTI, "full"): 31.25,
 }
 
 # Table 4 [P-7]: SPP Overfeat-7, 6 scales, 96 views + 2 full-image views.

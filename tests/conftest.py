@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from spp_cls.data.shards import convert
+from spp_cls.data.shards.convert import convert
 from spp_cls.data.synthetic import make_imagenet_folder
 
 NUM_CLASSES = 5

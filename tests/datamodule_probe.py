@@ -22,9 +22,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from spp_cls.data.datamodule import ShardDataModule
-from spp_cls.data.pipeline import decode_rgb
-from spp_cls.data.views import center_view, stacked_views
+from spp_cls.data.stream.datamodule import ShardDataModule
+from spp_cls.data.stream.pipeline import decode_rgb
+from spp_cls.data.stream.views import center_view, stacked_views
 
 
 def sample_digest(image: torch.Tensor) -> str:

@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from spp_cls.bench import COLUMNS, count_flops, main, model_spec, peak_flops
+from spp_cls.bench import main
+from spp_cls.bench.device import peak_flops
+from spp_cls.bench.flops import count_flops
+from spp_cls.bench.report import COLUMNS
+from spp_cls.bench.settings import model_spec
 from spp_cls.cli import main as cli_main
 from spp_cls.models import create
 

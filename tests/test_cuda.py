@@ -18,10 +18,10 @@ from test_device_decode import crop_of, with_bogus_huffman_table
 from test_fit_cli import cpu_args
 from test_pipeline import jpeg_bytes
 
-from spp_cls.bench import synthetic_shards
+from spp_cls.bench.data import synthetic_shards
 from spp_cls.cli import PROGRESS_BAR_REFRESH_STEPS, build_cli, main
-from spp_cls.data.datamodule import ShardDataModule
-from spp_cls.data.device_decode import JpegBatch, collate_jpegs, decode_train_batch
+from spp_cls.data.stream.datamodule import ShardDataModule
+from spp_cls.data.stream.device_decode import JpegBatch, collate_jpegs, decode_train_batch
 from spp_cls.models import create
 
 pytestmark = [
@@ -79,7 +79,7 @@ def test_a_file_nvjpeg_cannot_decode_is_replaced_by_the_next_good_sample(caplog:
     files = [jpeg_bytes(240, 232, seed=seed) for seed in range(4)]
     files[1] = with_bogus_huffman_table(files[1])
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.device_decode"):
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.device_decode"):
         images, labels = decode_train_batch(batch, "cuda")
     assert labels.tolist() == [10, 12, 12, 13] and images.shape == (4, 3, 224, 224)
     assert torch.equal(images[1], images[2])

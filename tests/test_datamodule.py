@@ -14,7 +14,7 @@ import pytest
 import torch
 from datamodule_probe import RecordingModule, make_trainer, sample_digest, train_digests, val_digests
 
-from spp_cls.data.datamodule import ShardDataModule
+from spp_cls.data.stream.datamodule import ShardDataModule
 
 
 def test_a_missing_root_fails_naming_the_path_and_the_shards_command(tmp_path: Path) -> None:

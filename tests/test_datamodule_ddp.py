@@ -17,7 +17,7 @@ import pytest
 from datamodule_probe import train_digests, val_digests
 from processes import run_hard_timeout
 
-from spp_cls.data.datamodule import ShardDataModule
+from spp_cls.data.stream.datamodule import ShardDataModule
 
 PROBE = Path(__file__).with_name("datamodule_probe.py")
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from processes import run_hard_timeout
 from test_fit_cli import cpu_args
 from wandb_offline import offline_run_ids

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from spp_cls.cli import main
-from spp_cls.data.datamodule import ShardDataModule
-from spp_cls.data.views import ten_views
+from spp_cls.data.stream.datamodule import ShardDataModule
+from spp_cls.data.stream.views import ten_views
 from spp_cls.train.module import SppClassifier
 
 pytestmark = pytest.mark.slow

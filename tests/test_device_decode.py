@@ -18,12 +18,23 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 from test_pipeline import jpeg_bytes, write_shards
 
-from spp_cls.data.datamodule import ShardDataModule
-from spp_cls.data.device_decode import (
-    JpegBatch, JpegCrop, JpegTrainStream, collate_jpegs, decode_train_batch, jpeg_size,
+from spp_cls.data.stream.datamodule import ShardDataModule
+from spp_cls.data.stream.device_decode import (
+    JpegBatch,
+    JpegCrop,
+    JpegTrainStream,
+    collate_jpegs,
+    decode_train_batch,
+    jpeg_size,
 )
-from spp_cls.data.pipeline import (
-    CorruptSample, CorruptSampleBudget, TooManyCorruptSamples, TrainStream, crop_window, decode_rgb, train_crop,
+from spp_cls.data.stream.pipeline import (
+    CorruptSample,
+    CorruptSampleBudget,
+    TooManyCorruptSamples,
+    TrainStream,
+    crop_window,
+    decode_rgb,
+    train_crop,
 )
 
 
@@ -144,7 +155,7 @@ def test_header_corrupt_samples_are_skipped_before_any_draw_as_on_the_cpu_path(
     good = jpeg_bytes(240, 232, seed=3)
     paths = write_shards(tmp_path, [6], extra={2: {"jpg": b"garbage"}, 3: {"jpg": good[: len(good) // 2]}})
     options = {"rank": 0, "world_size": 1, "seed": 0, "epoch": 0, "shuffle_buffer": 0, "max_corrupt_fraction": 0.4}
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
         shipped = [batch for _, batch in zip(range(4), JpegTrainStream(paths, 6, 2, **options))]
     expected = [batch for _, batch in zip(range(4), TrainStream(paths, 6, 2, **options))]
     for batch, (images, labels) in zip(shipped, expected):
@@ -161,7 +172,7 @@ def test_a_file_that_does_not_decode_is_replaced_by_the_next_good_sample_and_log
     files[1] = with_bogus_huffman_table(files[1])
     assert jpeg_size(files[1]) == (240, 232)
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.device_decode"):
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.device_decode"):
         images, labels = decode_train_batch(batch, "cpu")
     assert labels.tolist() == [10, 12, 12, 13] and images.shape == (4, 3, 224, 224)
     assert torch.equal(images[1], images[2])

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 from pytorch_lightning import Callback
+from wandb_offline import offline_run_ids
 
 from spp_cls.cli import build_cli, main
-from wandb_offline import offline_run_ids
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"

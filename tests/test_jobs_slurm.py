@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from wandb_offline import offline_run_ids
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

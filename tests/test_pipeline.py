@@ -16,7 +16,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from spp_cls.data.pipeline import (
+from spp_cls.data.stream.pipeline import (
     CorruptSample,
     CorruptSampleBudget,
     EvalStream,
@@ -28,7 +28,7 @@ from spp_cls.data.pipeline import (
     shard_order,
     train_crop,
 )
-from spp_cls.data.views import center_view, five_positions
+from spp_cls.data.stream.views import center_view, five_positions
 
 
 def jpeg_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
@@ -124,7 +124,7 @@ def test_train_crop_treats_an_image_smaller_than_the_crop_as_corrupt() -> None:
 
 def test_budget_tolerates_the_allowed_fraction_then_stops_naming_the_shard(caplog: pytest.LogCaptureFixture) -> None:
     budget = CorruptSampleBudget(max_fraction=0.001, min_samples=1000)
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
         budget.record_corrupt("img1", "/s/train-000003.tar", "JPEG does not decode")
     assert "img1 in /s/train-000003.tar: JPEG does not decode" in caplog.text
     for _ in range(3000):
@@ -187,7 +187,7 @@ def test_train_stream_skips_and_logs_a_corrupt_sample(tmp_path: Path, caplog: py
     # the only shard is resampled, so the corrupt sample comes back once per 5 samples: allow that fraction
     stream = TrainStream(paths, 5, 4, rank=0, world_size=1, seed=0, epoch=0, shuffle_buffer=0,
                          max_corrupt_fraction=0.25)
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
         labels = train_labels(stream, 3)
     assert 2 not in {label for batch in labels for label in batch}
     assert f"img00002 in {paths[0]}: JPEG does not decode: Not a JPEG file" in caplog.text
@@ -230,7 +230,7 @@ def test_a_truncated_shard_is_counted_and_the_stream_goes_on(tmp_path: Path, cap
     paths = write_shards(tmp_path, [4, 3])
     data = Path(paths[0]).read_bytes()
     Path(paths[0]).write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
         labels = [label for _, batch, _ in EvalStream(paths, 7, 8, center_view, rank=0, world_size=1,
                                                       max_corrupt_fraction=0.5) for label in batch.tolist()]
     assert labels[-3:] == [4, 5, 6] and len(labels) < 7

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from spp_cls import paper
+from spp_cls.protocol import VARIANTS
 from spp_cls.report import table
 from spp_cls.report.results import ResultsError, collect, load_result, result_from_wandb_run
 
@@ -97,7 +98,7 @@ def test_full_table_cells_gains_and_paper_values(full_runs: Path) -> None:
     text = table.format_markdown(collect([full_runs]))
     cells = markdown_cells(text)
     top1, top5 = "top-1 err (%)", "top-5 err (%)"
-    a, b, c, r = (paper.VARIANT_TITLES[v] for v in ("nospp", "spp_single", "spp_multi", "spp_random"))
+    a, b, c, r = (VARIANTS[v].title for v in ("nospp", "spp_single", "spp_multi", "spp_random"))
     assert cells[(top1, a, "ZF-5")] == "36.10"
     assert cells[(top1, b, "ZF-5")] == "35.00 (1.10)"
     assert cells[(top1, c, "ZF-5")] == "34.50 (1.60)"
@@ -109,8 +110,8 @@ def test_full_table_cells_gains_and_paper_values(full_runs: Path) -> None:
     assert cells[(top1, r, "Overfeat-7")] == "30.20 (2.10)"
     for (backbone, variant), _ in paper.TABLE2.items():
         column = f"{paper.BACKBONE_TITLES[backbone]} paper"
-        assert cells[(top1, paper.VARIANT_TITLES[variant], column)] == paper_text(backbone, variant, "top1")
-        assert cells[(top5, paper.VARIANT_TITLES[variant], column)] == paper_text(backbone, variant, "top5")
+        assert cells[(top1, VARIANTS[variant].title, column)] == paper_text(backbone, variant, "top1")
+        assert cells[(top5, VARIANTS[variant].title, column)] == paper_text(backbone, variant, "top5")
     assert cells[(top1, r, "Overfeat-7 paper")] == paper_text("overfeat7", "spp_random", "top1")
     assert cells[(top1, r, "ZF-5 paper")] == "—"  # the paper has the random-size row for Overfeat-7 only
     assert len([key for key in cells if key[0] == top1 and not key[2].endswith("paper")]) == 4 * 4
@@ -121,20 +122,20 @@ def test_full_table_cells_gains_and_paper_values(full_runs: Path) -> None:
 def test_partial_table_marks_missing_cells_and_missing_baselines(partial_runs: Path) -> None:
     cells = markdown_cells(table.format_markdown(collect([partial_runs])))
     top1 = "top-1 err (%)"
-    a, b, c = (paper.VARIANT_TITLES[v] for v in ("nospp", "spp_single", "spp_multi"))
+    a, b, c = (VARIANTS[v].title for v in ("nospp", "spp_single", "spp_multi"))
     assert cells[(top1, c, "ZF-5")] == "34.50 (1.60)"
     assert cells[(top1, b, "ZF-5")] == "—"
     assert cells[(top1, a, "Overfeat-7")] == "—"
     assert cells[(top1, b, "Convnet*-5")] == "34.70 (—)"  # no Convnet*-5 no-SPP run to take the gain from
     assert cells[(top1, b, "Convnet*-5 paper")] == paper_text("convnet5", "spp_single", "top1")
-    assert not any(row == paper.VARIANT_TITLES["spp_random"] for _, row, _ in cells)  # no random-size run
+    assert not any(row == VARIANTS["spp_random"].title for _, row, _ in cells)  # no random-size run
 
 
 def test_csv_parses_back_to_one_row_per_cell(full_runs: Path, partial_runs: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(table.format_csv(collect([full_runs])))))
     assert len(rows) == 4 * 4
     by_cell = {(row["backbone"], row["variant"]): row for row in rows}
-    assert set(by_cell) == {(b, v) for b in paper.BACKBONES for v in (*paper.VARIANTS, "spp_random")}
+    assert set(by_cell) == {(b, v) for b in paper.BACKBONES for v in VARIANTS}
     zf5_multi = by_cell[("zf5", "spp_multi")]
     assert float(zf5_multi["top1_err"]) == 34.5 and float(zf5_multi["top1_gain"]) == pytest.approx(1.6)
     assert float(zf5_multi["top5_gain"]) == pytest.approx(1.2)
@@ -189,12 +190,12 @@ def test_other_protocols_are_left_out_and_said_so(tmp_path: Path) -> None:
     results = collect([tmp_path])
     tenview = table.format_markdown(results)
     cells = markdown_cells(tenview)
-    assert cells[("top-1 err (%)", paper.VARIANT_TITLES["nospp"], "ZF-5")] == "36.10"
-    assert cells[("top-1 err (%)", paper.VARIANT_TITLES["spp_multi"], "ZF-5")] == "—"
+    assert cells[("top-1 err (%)", VARIANTS["nospp"].title, "ZF-5")] == "36.10"
+    assert cells[("top-1 err (%)", VARIANTS["spp_multi"].title, "ZF-5")] == "—"
     assert "2 result(s) under other test protocols (center: zf5-nospp, zf5-spp_multi)" in tenview
     center = table.format_markdown(results, protocol="center")
     cells = markdown_cells(center)
-    assert cells[("top-1 err (%)", paper.VARIANT_TITLES["spp_multi"], "ZF-5")] == "37.00 (1.00)"
+    assert cells[("top-1 err (%)", VARIANTS["spp_multi"].title, "ZF-5")] == "37.00 (1.00)"
     assert "test protocol 'center', the paper's Table 2 the standard 10-view" in center
     assert "(tenview: zf5-nospp)" in center
 
@@ -203,8 +204,8 @@ def test_unknown_backbone_gets_its_own_column(tmp_path: Path) -> None:
     write_result(tmp_path, "resnet18", "nospp", 40.0, 18.0)
     write_result(tmp_path, "resnet18", "spp_single", 39.0, 17.5)
     cells = markdown_cells(table.format_markdown(collect([tmp_path])))
-    assert cells[("top-1 err (%)", paper.VARIANT_TITLES["spp_single"], "resnet18")] == "39.00 (1.00)"
-    assert cells[("top-1 err (%)", paper.VARIANT_TITLES["spp_single"], "resnet18 paper")] == "—"
+    assert cells[("top-1 err (%)", VARIANTS["spp_single"].title, "resnet18")] == "39.00 (1.00)"
+    assert cells[("top-1 err (%)", VARIANTS["spp_single"].title, "resnet18 paper")] == "—"
 
 
 @pytest.mark.parametrize(
@@ -272,7 +273,7 @@ def test_plot_is_a_png_with_the_measured_bars(partial_runs: Path, tmp_path: Path
 def test_main_writes_markdown_csv_and_plot(partial_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert table.main([str(partial_runs)]) == 0
     out = capsys.readouterr().out
-    assert markdown_cells(out)[("top-1 err (%)", paper.VARIANT_TITLES["spp_multi"], "ZF-5")] == "34.50 (1.60)"
+    assert markdown_cells(out)[("top-1 err (%)", VARIANTS["spp_multi"].title, "ZF-5")] == "34.50 (1.60)"
     png = tmp_path / "t.png"
     assert table.main([str(partial_runs), "--format", "csv", "--plot", str(png)]) == 0
     captured = capsys.readouterr()

@@ -1,7 +1,8 @@
 """Training-size schedules: pure functions of (schedule, seed, epoch)."""
 import pytest
 
-from spp_cls.train.schedule import train_size, variant_name
+from spp_cls.protocol import variant_name
+from spp_cls.train.schedule import train_size
 
 
 def test_fixed_is_always_224():

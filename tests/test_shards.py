@@ -14,7 +14,7 @@ import webdataset as wds
 from PIL import Image
 
 from spp_cls.data.manifest import Manifest
-from spp_cls.data.shards import TAR_MTIME, ShardsStateError, StrictSkipError, convert, main, verify
+from spp_cls.data.shards.convert import TAR_MTIME, ShardsStateError, StrictSkipError, convert, main, verify
 from spp_cls.data.synthetic import make_imagenet_folder, write_quirk_files
 
 # ---------------------------------------------------------------------------------------------------------------

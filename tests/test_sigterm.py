@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_fit_cli import cpu_args
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from spp_cls.data.pipeline import decode_rgb
-from spp_cls.data.views import (
+from spp_cls.data.stream.pipeline import decode_rgb
+from spp_cls.data.stream.views import (
     MULTISCALE_SIZES,
     ViewBox,
     center_view,

@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from ..paper import BACKBONES, RANDOM_SIZE, TABLE2, PaperError
+from ..protocol import VARIANTS
 from .backbones import TRUNKS, build_trunk, conv_map_size, min_input_size, scaled_width
 from .init import Init, init_head, init_trunk
 from .net import Head, SppNet, make_pool
@@ -42,7 +43,7 @@ class SppModelCfg:
     pooled_features: int
     """Length of the fc6 input at width 1.0."""
     paper_errors: dict[str, PaperError]
-    """The paper's 10-view top-1/top-5 errors per training variant (nospp, spp_single, spp_multi, spp_random)."""
+    """The paper's 10-view top-1/top-5 errors per training variant (the variants of this head)."""
 
 
 def _paper_errors(backbone: str, head: Head) -> dict[str, PaperError]:
@@ -50,7 +51,7 @@ def _paper_errors(backbone: str, head: Head) -> dict[str, PaperError]:
     return {
         variant: err
         for (cell_backbone, variant), err in cells.items()
-        if cell_backbone == backbone and (variant == "nospp") == (head == "nospp")
+        if cell_backbone == backbone and VARIANTS[variant].head == head
     }
 
 

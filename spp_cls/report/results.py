@@ -12,23 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from spp_cls.paper import VARIANT_TITLES
-
-RESULTS_FILE = "results.json"
-RESULTS_PATTERN = "results_*.json"
-TABLE_PROTOCOL = "tenview"  # the paper's Table 2 protocol: 4 corners + center of the s=256 image, each flipped
-
-
-def results_filename(protocol: str) -> str:
-    """results.json for the paper's 10-view test; results_<protocol>.json for the others, so none overwrites it."""
-    return RESULTS_FILE if protocol == TABLE_PROTOCOL else f"results_{protocol}.json"
-KNOWN_VARIANTS: tuple[str, ...] = tuple(VARIANT_TITLES)
-
-# The keys every results.json must hold; extra keys are tolerated.
-REQUIRED_KEYS: tuple[str, ...] = (
-    "backbone", "variant", "experiment", "test_protocol", "top1_err", "top5_err", "num_test_images", "epochs",
-    "train_images_per_s", "wall_time_s", "git_commit", "config_hash", "run_dir", "finished_at",
-)
+from spp_cls.protocol import RESULTS_FILE, RESULTS_KEYS, RESULTS_PATTERN, VARIANTS, top1_metric, top5_metric
 
 
 class ResultsError(ValueError):
@@ -92,8 +76,8 @@ def _count(key: str, value: Any, source: str) -> int:
 def _check(key: str, value: Any, source: str) -> Any:
     """One contract value, checked by the kind its key holds."""
     if key == "variant":
-        if value not in KNOWN_VARIANTS:
-            raise ResultsError(f"{source}: variant {value!r} is not one of {', '.join(KNOWN_VARIANTS)}")
+        if value not in VARIANTS:
+            raise ResultsError(f"{source}: variant {value!r} is not one of {', '.join(VARIANTS)}")
         return value
     if key in ("top1_err", "top5_err"):
         return _number(key, value, source, upper=100)
@@ -110,10 +94,10 @@ def result_from_record(record: Mapping[str, Any], source: str) -> RunResult:
     Raises:
         ResultsError: a key is missing or holds a value of the wrong kind; the message names `source`.
     """
-    missing = [key for key in REQUIRED_KEYS if key not in record]
+    missing = [key for key in RESULTS_KEYS if key not in record]
     if missing:
         raise ResultsError(f"{source}: missing key(s) {', '.join(missing)}")
-    return RunResult(source=source, **{key: _check(key, record[key], source) for key in REQUIRED_KEYS})
+    return RunResult(source=source, **{key: _check(key, record[key], source) for key in RESULTS_KEYS})
 
 
 def load_result(path: str | Path) -> RunResult:
@@ -232,13 +216,13 @@ def result_from_wandb_run(run: WandbRunLike) -> RunResult:
         "test_protocol": _first(
             summary.get("test_protocol"), _config_value(config, "model.test_protocol"), config.get("test_protocol")
         ),
-        "top1_err": _first(summary.get("test/top1_err"), summary.get("top1_err")),
-        "top5_err": _first(summary.get("test/top5_err"), summary.get("top5_err")),
+        "top1_err": _first(summary.get(top1_metric("test")), summary.get("top1_err")),
+        "top5_err": _first(summary.get(top5_metric("test")), summary.get("top5_err")),
     }
     absent = [key for key, value in record.items() if value is None]
     if absent:
         raise ResultsError(f"{source}: no {', '.join(absent)} (not tested yet, or not logged)")
-    record.update({key: summary[key] for key in REQUIRED_KEYS if key not in record and key in summary})
+    record.update({key: summary[key] for key in RESULTS_KEYS if key not in record and key in summary})
     return RunResult(source=source, **{key: _check(key, value, source) for key, value in record.items()})
 
 

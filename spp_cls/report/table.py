@@ -15,12 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spp_cls.paper import BACKBONE_TITLES, BACKBONES, VARIANT_TITLES, VARIANTS, PaperError, paper_error
-from spp_cls.report.results import TABLE_PROTOCOL as TENVIEW
+from spp_cls.paper import BACKBONE_TITLES, BACKBONES, PaperError, paper_error
+from spp_cls.protocol import BASELINE, SPP_RANDOM, TABLE_VARIANTS, VARIANTS
+from spp_cls.protocol import TABLE_PROTOCOL as TENVIEW
 from spp_cls.report.results import ResultsError, RunResult, check_unique_cells, collect, from_wandb
 
-BASELINE = "nospp"
-RANDOM_SIZE = "spp_random"
 METRICS: tuple[tuple[str, str], ...] = (("top1", "top-1 err (%)"), ("top5", "top-5 err (%)"))
 MISSING = "—"
 
@@ -89,7 +88,7 @@ def build_table(results: Iterable[RunResult], protocol: str = TENVIEW) -> Table:
     shown = {(r.backbone, r.variant): r for r in results if r.test_protocol == protocol}
     extra_backbones = sorted({backbone for backbone, _ in shown} - set(BACKBONES))
     backbones = BACKBONES + tuple(extra_backbones)
-    variants = VARIANTS + ((RANDOM_SIZE,) if any(variant == RANDOM_SIZE for _, variant in shown) else ())
+    variants = TABLE_VARIANTS + ((SPP_RANDOM,) if any(variant == SPP_RANDOM for _, variant in shown) else ())
     cells = {
         (backbone, variant): Cell(
             backbone=backbone,
@@ -169,7 +168,7 @@ def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> st
         align = _markdown_row(["---"] + ["---:"] * len(header_cells))
         lines += ["", _markdown_row([metric_title, *header_cells]), align]
         for variant in table.variants:
-            row = [VARIANT_TITLES[variant]]
+            row = [VARIANTS[variant].title]
             for backbone in table.backbones:
                 cell = table.cell(backbone, variant)
                 row.append(cell_text(cell.measured_err(metric), cell.measured_gain(metric), variant))
@@ -239,7 +238,7 @@ def plot(results: Iterable[RunResult], path: str | Path, protocol: str = TENVIEW
     figure = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI, layout="constrained")
     axes = figure.subplots(len(METRICS), 1)
     colours = dict(zip(table.variants, ("#4c72b0", "#dd8452", "#55a868", "#8172b3")))
-    legend = [Patch(color=colours[variant], label=VARIANT_TITLES[variant]) for variant in table.variants]
+    legend = [Patch(color=colours[variant], label=VARIANTS[variant].title) for variant in table.variants]
     legend.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="paper (hatched)"))
     group_width = 0.84
     pair_width = group_width / len(table.variants)

@@ -11,13 +11,31 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ..data.stream.views import ten_view_boxes
 from ..models import PAPER_LEVELS, TRUNKS, create, feature_map_geometry
 from ..models.init import Init
 from ..models.net import Head
+from ..models.windows import views_on_feature_maps
+from ..protocol import (
+    DEFAULT_BACKBONE,
+    DEFAULT_HEAD,
+    DEFAULT_SIZE_SCHEDULE,
+    LR,
+    MONITOR,
+    TRAIN_EPOCH_LOSS,
+    TRAIN_IMAGES_PER_S,
+    TRAIN_LOSS,
+    TRAIN_SIZE,
+    SizeSchedule,
+    images_metric,
+    run_name,
+    top1_metric,
+    top5_metric,
+    variant_name,
+)
 from .augment import InputTransform
-from .fmap import tenview_on_feature_maps
 from .metrics import TopKErrorSums
-from .schedule import SizeSchedule, train_size, variant_name
+from .schedule import train_size
 
 LrSchedule = Literal["plateau", "milestones"]
 LrScheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
@@ -52,14 +70,14 @@ class SppClassifier(pl.LightningModule):
 
     def __init__(
             self,
-            backbone: str = "zf5",
-            head: Head = "spp",
+            backbone: str = DEFAULT_BACKBONE,
+            head: Head = DEFAULT_HEAD,
             num_classes: int = 1000,
             width: float = 1.0,
             init: Init = "paper",
             levels: Sequence[int] = PAPER_LEVELS,
             dropout: float = 0.5,
-            size_schedule: SizeSchedule = "fixed",
+            size_schedule: SizeSchedule = DEFAULT_SIZE_SCHEDULE,
             train_sizes: tuple[int, int] = (224, 180),
             seed: int = 0,
             lr: float = 0.01,
@@ -102,7 +120,7 @@ class SppClassifier(pl.LightningModule):
     # ---- shared pieces ------------------------------------------------------------------------------------------
     @property
     def run_name(self) -> str:
-        return f"{self.hparams.backbone}-{self.variant}"
+        return run_name(self.hparams.backbone, self.variant)
 
     def current_train_size(self) -> int:
         return train_size(self.hparams.size_schedule, self.current_epoch, self.hparams.seed,
@@ -116,6 +134,10 @@ class SppClassifier(pl.LightningModule):
     def forward(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
         """uint8 (N, 3, H, W) images -> logits."""
         return self.net(self.normalise(images, size=size, train=train))
+
+    def train_loss(self, images: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
+        """Cross-entropy of a training batch of uint8 224 crops at input side `size` (resize and colour noise on)."""
+        return F.cross_entropy(self(images, size=size, train=True), labels)
 
     def setup(self, stage: str) -> None:
         # The epoch values of on_train_epoch_end and _log_errors are summed over all ranks here before they are
@@ -143,11 +165,10 @@ class SppClassifier(pl.LightningModule):
         images, labels = batch
         if self._epoch_begun != self.current_epoch:  # resumed mid-epoch: Lightning skips on_train_epoch_start
             self._begin_epoch()
-        logits = self(images, size=self._epoch_size, train=True)
-        loss = F.cross_entropy(logits, labels)
+        loss = self.train_loss(images, labels, self._epoch_size)
         self.train_loss_sum += loss.detach().double() * labels.numel()  # stays on the device: no sync per step
         self._epoch_images += labels.numel()
-        self.log("train/loss", loss, prog_bar=True)
+        self.log(TRAIN_LOSS, loss, prog_bar=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -162,10 +183,10 @@ class SppClassifier(pl.LightningModule):
         self.train_images += images
         self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log_dict({
-            "train/epoch_loss": loss_sum / max(count, 1),
-            "train/size": float(self._epoch_size),
-            "train/images_per_s": images / elapsed if elapsed > 0 else 0.0,
-            "lr": self.epoch_lr,
+            TRAIN_EPOCH_LOSS: loss_sum / max(count, 1),
+            TRAIN_SIZE: float(self._epoch_size),
+            TRAIN_IMAGES_PER_S: images / elapsed if elapsed > 0 else 0.0,
+            LR: self.epoch_lr,
         })
         self.step_lr_schedule()
 
@@ -203,19 +224,20 @@ class SppClassifier(pl.LightningModule):
             raise ValueError(f"tenview_fmap needs one of the paper backbones ({', '.join(TRUNKS)}): it maps windows "
                              "with their strides and paddings")
         geometry = feature_map_geometry(TRUNKS[self.hparams.backbone])
-        return tenview_on_feature_maps(self.net, self.normalise(image), geometry)
+        windows = ten_view_boxes(image.shape[-1], image.shape[-2])
+        return views_on_feature_maps(self.net, self.normalise(image), windows, geometry)
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test", "test")
 
-    def _log_errors(self, prefix: str, stage: str) -> None:
+    def _log_errors(self, prefix: Literal["val", "test"], stage: str) -> None:
         top1, top5, count = self.eval_sums.totals(
             lambda sums: self.trainer.strategy.reduce(sums, reduce_op="sum"), device=self.device
         )
         if self.trainer.sanity_checking:
             return
         self._check_count(stage, count)
-        self.log_dict({f"{prefix}/top1_err": top1, f"{prefix}/top5_err": top5, f"{prefix}/images": float(count)},
+        self.log_dict({top1_metric(prefix): top1, top5_metric(prefix): top5, images_metric(prefix): float(count)},
                       sync_dist=False)
 
     def _check_count(self, stage: str, count: int) -> None:
@@ -236,11 +258,17 @@ class SppClassifier(pl.LightningModule):
         per_device = self.trainer.datamodule.batch_size
         return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
+    def sgd(self, global_batch: int) -> torch.optim.SGD:
+        """The optimiser for `global_batch` images per step: lr scaled linearly from `reference_batch`."""
+        hp = self.hparams
+        return torch.optim.SGD(self.parameters(), lr=hp.lr * global_batch / hp.reference_batch, momentum=hp.momentum,
+                               weight_decay=hp.weight_decay)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """SGD; the LR schedule is stepped by this module (see `step_lr_schedule`), not by Lightning."""
         hp = self.hparams
-        lr = hp.lr * self.global_batch() / hp.reference_batch
-        optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        optimizer = self.sgd(self.global_batch())
+        lr = optimizer.param_groups[0]["lr"]
         if hp.lr_schedule == "plateau":
             self.lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=0.1, patience=hp.plateau_patience, threshold=hp.plateau_threshold,
@@ -263,7 +291,7 @@ class SppClassifier(pl.LightningModule):
         to an uninterrupted one. Plateau steps only on epochs that validated.
         """
         if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            val_top1 = self.trainer.callback_metrics.get("val/top1_err")
+            val_top1 = self.trainer.callback_metrics.get(MONITOR)
             if val_top1 is not None:
                 self.lr_scheduler.step(float(val_top1))
         else:

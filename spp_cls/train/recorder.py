@@ -12,7 +12,15 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
-from ..report.results import results_filename
+from ..protocol import (
+    RESULTS_KEYS,
+    TRAIN_EPOCH_LOSS,
+    TRAIN_IMAGES_PER_S,
+    images_metric,
+    results_filename,
+    top1_metric,
+    top5_metric,
+)
 
 SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = ("epoch", "train_size", "lr", "train_loss", "val_top1_err", "val_top5_err", "train_images_per_s")
@@ -62,10 +70,10 @@ class RunRecorder(Checkpoint):
             "epoch": trainer.current_epoch,
             "train_size": pl_module.current_train_size(),
             "lr": pl_module.epoch_lr,
-            "train_loss": value("train/epoch_loss"),
-            "val_top1_err": value("val/top1_err"),
-            "val_top5_err": value("val/top5_err"),
-            "train_images_per_s": value("train/images_per_s"),
+            "train_loss": value(TRAIN_EPOCH_LOSS),
+            "val_top1_err": value(top1_metric("val")),
+            "val_top5_err": value(top5_metric("val")),
+            "train_images_per_s": value(TRAIN_IMAGES_PER_S),
         }
         path = self.directory / SUMMARY_FILE
         rows = []
@@ -83,9 +91,9 @@ class RunRecorder(Checkpoint):
             "variant": pl_module.variant,
             "experiment": self.experiment,
             "test_protocol": trainer.datamodule.test_views,
-            "top1_err": round(float(metrics["test/top1_err"]), 4),
-            "top5_err": round(float(metrics["test/top5_err"]), 4),
-            "num_test_images": int(metrics["test/images"]),
+            "top1_err": round(float(metrics[top1_metric("test")]), 4),
+            "top5_err": round(float(metrics[top5_metric("test")]), 4),
+            "num_test_images": int(metrics[images_metric("test")]),
             "epochs": pl_module.epochs_completed,
             "train_images_per_s": round(pl_module.train_images / pl_module.train_time_s, 2)
             if pl_module.train_time_s > 0 else 0.0,
@@ -95,6 +103,7 @@ class RunRecorder(Checkpoint):
             "run_dir": str(self.directory),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        assert tuple(results) == RESULTS_KEYS, "the results file's keys are defined in spp_cls.protocol"
         if any(isinstance(v, float) and math.isnan(v) for v in results.values()):
             raise RuntimeError(f"test produced no numbers ({results}); is the val split empty?")
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -6,14 +6,11 @@ communication, and a resumed run continues the schedule from its restored epoch 
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import get_args
 
-SizeSchedule = Literal["fixed", "alternate", "random"]
-SIZE_SCHEDULES: tuple[str, ...] = ("fixed", "alternate", "random")
+from ..protocol import SizeSchedule
 
-# The variant a (head, size schedule) pair trains, as the table names it.
-_VARIANTS = {("nospp", "fixed"): "nospp", ("spp", "fixed"): "spp_single", ("spp", "alternate"): "spp_multi",
-             ("spp", "random"): "spp_random"}
+SIZE_SCHEDULES: tuple[str, ...] = get_args(SizeSchedule)
 
 
 def train_size(schedule: SizeSchedule, epoch: int, seed: int = 0, sizes: tuple[int, int] = (224, 180)) -> int:
@@ -33,13 +30,3 @@ def train_size(schedule: SizeSchedule, epoch: int, seed: int = 0, sizes: tuple[i
         return random.Random(f"spp-cls-size/{seed}/{epoch}").randint(min(sizes), max(sizes))
     raise ValueError(f"unknown size schedule {schedule!r}: choose one of {', '.join(SIZE_SCHEDULES)}")
 
-
-def variant_name(head: str, schedule: SizeSchedule) -> str:
-    """nospp / spp_single / spp_multi / spp_random, the rows of the paper's Table 2."""
-    try:
-        return _VARIANTS[(head, schedule)]
-    except KeyError:
-        raise ValueError(
-            f"head {head!r} with size schedule {schedule!r} is not a trained variant: a no-SPP network has a fixed "
-            "input size, so it trains with size_schedule 'fixed' only"
-        ) from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spp_cls.data.manifest import ClassEntry, SkippedFile
-from spp_cls.data.shard_errors import ShardsInputError
+from spp_cls.data.shards.errors import ShardsInputError
 
 SPLITS = ("train", "val")
 SYNSET_MAPPING_NAME = "LOC_synset_mapping.txt"

@@ -38,12 +38,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from spp_cls.data.imageprep import UnreadableImage, normalise_image
 from spp_cls.data.manifest import MANIFEST_NAME, Manifest, ShardEntry, SkippedFile
-from spp_cls.data.pixelstats import STATS_IMAGES, STATS_PIXELS_PER_IMAGE, PixelStats
-from spp_cls.data.shard_errors import ShardsInputError, ShardsStateError, StrictSkipError
-from spp_cls.data.shardwriter import SHARD_INFO_DIR, TAR_MTIME, ShardReport, ShardTask, shard_name, write_shard
-from spp_cls.data.sources import (
+from spp_cls.data.shards.errors import ShardsInputError, ShardsStateError, StrictSkipError
+from spp_cls.data.shards.imageprep import UnreadableImage, normalise_image
+from spp_cls.data.shards.pixelstats import STATS_IMAGES, STATS_PIXELS_PER_IMAGE, PixelStats
+from spp_cls.data.shards.sources import (
     SPLITS,
     SYNSET_MAPPING_NAME,
     VAL_SOLUTION_NAME,
@@ -53,7 +52,8 @@ from spp_cls.data.sources import (
     list_train,
     list_val,
 )
-from spp_cls.data.verify import verify
+from spp_cls.data.shards.verify import verify
+from spp_cls.data.shards.writer import SHARD_INFO_DIR, TAR_MTIME, ShardReport, ShardTask, shard_name, write_shard
 
 # The public API stays importable from here, wherever it is defined.
 __all__ = [

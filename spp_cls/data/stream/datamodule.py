@@ -2,7 +2,7 @@
 
 Batches (all uint8 images, see DESIGN.md conventions):
 - train: ``(images [B, 3, 224, 224], labels int64 [B])``, B = ``batch_size`` per rank. With ``decode="device"``
-  the loader yields a :class:`~spp_cls.data.device_decode.JpegBatch` (the same B samples and windows, still
+  the loader yields a :class:`~spp_cls.data.stream.device_decode.JpegBatch` (the same B samples and windows, still
   JPEG-encoded) and this module's ``on_after_batch_transfer`` hook turns it into that pair on the training device,
   so a LightningModule receives the same batches either way;
 - validate (center crop): ``(images [B, 3, 224, 224], labels int64 [B], valid bool [B])``;
@@ -31,13 +31,24 @@ import pytorch_lightning as pl
 import torch
 import webdataset as wds
 
-from spp_cls.data.device_decode import JpegBatch, JpegTrainStream, decode_train_batch
 from spp_cls.data.manifest import Manifest, ManifestError
-from spp_cls.data.pipeline import (
-    TRAIN_CROPS, CorruptSampleBudget, EvalStream, TrainCrop, TrainStream, eval_shard_assignment,
+from spp_cls.data.stream.device_decode import JpegBatch, JpegTrainStream, decode_train_batch
+from spp_cls.data.stream.pipeline import (
+    TRAIN_CROPS,
+    CorruptSampleBudget,
+    EvalStream,
+    TrainCrop,
+    TrainStream,
+    eval_shard_assignment,
 )
-from spp_cls.data.views import (
-    CROP, TEST_SHORTER_SIDE, VIEW_COUNTS, WHOLE_IMAGE_VIEWS, TestViews, center_view, stacked_views,
+from spp_cls.data.stream.views import (
+    CROP,
+    TEST_SHORTER_SIDE,
+    VIEW_COUNTS,
+    WHOLE_IMAGE_VIEWS,
+    TestViews,
+    center_view,
+    stacked_views,
 )
 
 EvalStage = Literal["validate", "test"]
@@ -45,7 +56,7 @@ Decode = Literal["cpu", "device"]
 DECODES = ("cpu", "device")
 EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # imported once by the server that starts the loader workers, so that starting one costs a fork, not an import
-WORKER_PRELOAD = ["__main__", "spp_cls.data.pipeline", "spp_cls.data.device_decode"]
+WORKER_PRELOAD = ["__main__", "spp_cls.data.stream.pipeline", "spp_cls.data.stream.device_decode"]
 
 
 def loader_worker_context() -> multiprocessing.context.BaseContext:
@@ -105,7 +116,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     Attributes:
         decode_budget: counts (and caps, as ``max_corrupt_fraction``) the files that pass the workers' header check
-            but fail to decode on the device, in this process (see :mod:`spp_cls.data.device_decode`).
+            but fail to decode on the device, in this process (see :mod:`spp_cls.data.stream.device_decode`).
     """
 
     def __init__(

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spp_cls.data.imageprep import UnreadableImage, normalise_image
 from spp_cls.data.manifest import SkippedFile
-from spp_cls.data.pixelstats import STATS_PIXELS_PER_IMAGE, PixelStats, sample_pixels
+from spp_cls.data.shards.imageprep import UnreadableImage, normalise_image
+from spp_cls.data.shards.pixelstats import STATS_PIXELS_PER_IMAGE, PixelStats, sample_pixels
 
 SHARD_INFO_DIR = "shard-info"
 # Fixed tar header fields so that the same input gives byte-identical shards (2000-01-01, not 0: GNU tar warns

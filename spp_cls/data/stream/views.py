@@ -18,17 +18,18 @@ View order, everywhere: the unflipped windows first, then the same windows flipp
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
+from spp_cls.protocol import TestViews
+
 CROP = 224
 TEST_SHORTER_SIDE = 256
 MULTISCALE_SIZES = (224, 256, 300, 360, 448, 560)
 
-TestViews = Literal["center", "tenview", "full", "multiscale", "tenview_fmap"]
 VIEW_COUNTS: dict[str, int] = {"center": 1, "tenview": 10, "full": 1, "multiscale": 96, "tenview_fmap": 1}
 # Protocols that receive the whole s=256 image (batch of one) and cut their views themselves: "full" classifies it
 # as is, "tenview_fmap" takes the standard 10 windows on its conv maps (the model does that, see ten_view_boxes).

@@ -15,8 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from spp_cls.data.manifest import Manifest, ManifestError
-from spp_cls.data.shardwriter import SAMPLE_EXTENSIONS
-from spp_cls.data.sources import SPLITS
+from spp_cls.data.shards.sources import SPLITS
+from spp_cls.data.shards.writer import SAMPLE_EXTENSIONS
 
 
 @dataclass(frozen=True)

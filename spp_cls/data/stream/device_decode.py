@@ -2,7 +2,7 @@
 
 ``ShardDataModule(decode="device")`` trains from :class:`JpegTrainStream`: a worker reads each JPEG's size from its
 header (no pixel is decoded), draws the crop window and the flip exactly as the CPU path does (same shard order,
-shuffle and :func:`~spp_cls.data.pipeline.crop_window` draws for the same seed, epoch, rank and worker) and yields
+shuffle and :func:`~spp_cls.data.stream.pipeline.crop_window` draws for the same seed, epoch, rank and worker) and yields
 :class:`JpegBatch` values. :func:`decode_train_batch` then decodes the whole batch in one
 ``torchvision.io.decode_jpeg(list, device=...)`` call (nvJPEG on CUDA, libjpeg-turbo on the CPU) and crops and flips
 on the device. With device CPU the result equals the CPU path's batch byte for byte (the same libjpeg-turbo call);
@@ -10,7 +10,7 @@ on CUDA the windows and flips are the same but the pixels may differ by a few le
 upsampling are not libjpeg-turbo's.
 
 Only training moves: validation and test keep the CPU decode path (their views are cut and resized from the decoded
-image by :mod:`spp_cls.data.views`, and an evaluation pass is a small part of a run).
+image by :mod:`spp_cls.data.stream.views`, and an evaluation pass is a small part of a run).
 
 Corrupt samples ("logged and counted, not fatal"):
 - in the worker, a sample whose header does not parse (not a JPEG, no frame header, truncated: no EOI marker after
@@ -39,10 +39,16 @@ from typing import Any, NamedTuple
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from spp_cls.data.pipeline import (
-    CorruptSample, CorruptSampleBudget, TooManyCorruptSamples, TrainStream, crop_window, decode_rgb, jpeg_and_label,
+from spp_cls.data.stream.pipeline import (
+    CorruptSample,
+    CorruptSampleBudget,
+    TooManyCorruptSamples,
+    TrainStream,
+    crop_window,
+    decode_rgb,
+    jpeg_and_label,
 )
-from spp_cls.data.views import CROP
+from spp_cls.data.stream.views import CROP
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +180,7 @@ def collate_jpegs(items: list[JpegCrop]) -> JpegBatch:
 
 
 class JpegTrainStream(TrainStream):
-    """:class:`~spp_cls.data.pipeline.TrainStream` that yields :class:`JpegBatch` values: no JPEG is decoded in the
+    """:class:`~spp_cls.data.stream.pipeline.TrainStream` that yields :class:`JpegBatch` values: no JPEG is decoded in the
     loader workers. Same shards, shuffle and crop draws as the CPU path for the same arguments."""
 
     def prepare(self, sample: dict[str, Any], rng: random.Random) -> JpegCrop:

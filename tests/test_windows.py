@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
+from spp_cls.data.stream.views import ten_view_boxes
 from spp_cls.models import TRUNKS, create, feature_map_geometry
-from spp_cls.data.views import ten_view_boxes
-from spp_cls.train.fmap import tenview_on_feature_maps, window_to_cells
+from spp_cls.models.windows import views_on_feature_maps, window_to_cells
 
 
 @pytest.mark.parametrize("backbone", list(TRUNKS))
@@ -51,7 +51,7 @@ def test_one_trunk_pass_and_one_head_pass_give_the_ten_windows_one_at_a_time(bac
     image = torch.randn(1, 3, 256, width)
     stride, offset = geometry = feature_map_geometry(TRUNKS[backbone])
     with torch.no_grad():
-        batched = tenview_on_feature_maps(net, image, geometry)
+        batched = views_on_feature_maps(net, image, ten_view_boxes(image.shape[-1], image.shape[-2]), geometry)
         maps = {False: net.forward_features(image), True: net.forward_features(image.flip(-1))}
         one_by_one = []
         for box in ten_view_boxes(width, 256):

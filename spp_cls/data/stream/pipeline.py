@@ -26,7 +26,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from spp_cls.data.views import CROP, five_positions
+from spp_cls.data.stream.views import CROP, five_positions
 
 # NOTE: torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call; the decoder
 # still works and is what this pipeline is measured with. Silence exactly that message, once, here.
@@ -239,7 +239,7 @@ class TrainStream(IterableDataset):
 
     The consumer decides the epoch length (``WebLoader.with_epoch``). A subclass changes what is made of each sample
     (:meth:`prepare`) and how the items are batched (:meth:`collate`), never the sample order or the RNG draws
-    (:class:`~spp_cls.data.device_decode.JpegTrainStream` ships the JPEG bytes and the drawn windows undecoded).
+    (:class:`~spp_cls.data.stream.device_decode.JpegTrainStream` ships the JPEG bytes and the drawn windows undecoded).
     """
 
     def __init__(

@@ -1,0 +1,110 @@
+"""The run's vocabulary, defined once: the trained variants, run names, test protocols, metric names and the results
+file with its keys.
+
+Training writes through these names (module, recorder, CLI), the report and the dashboard read through them, and
+paper.py keys its numbers by them, so a variant or a metric is renamed here or nowhere.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+# ---- variants: the rows of the paper's Table 2 ------------------------------------------------------------------
+NOSPP, SPP_SINGLE, SPP_MULTI, SPP_RANDOM = "nospp", "spp_single", "spp_multi", "spp_random"
+SizeSchedule = Literal["fixed", "alternate", "random"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one row of the table is trained: the pooling head and which input size each epoch trains at."""
+
+    name: str
+    head: Literal["nospp", "spp"]
+    size_schedule: SizeSchedule
+    title: str
+    """The row's label, as the paper's Table 2 prints it."""
+
+
+VARIANTS: dict[str, Variant] = {variant.name: variant for variant in (
+    Variant(NOSPP, "nospp", "fixed", "(a) no SPP"),
+    Variant(SPP_SINGLE, "spp", "fixed", "(b) SPP single-size trained"),
+    Variant(SPP_MULTI, "spp", "alternate", "(c) SPP multi-size trained"),
+    Variant(SPP_RANDOM, "spp", "random", "SPP random-size trained [180, 224]"),
+)}
+TABLE_VARIANTS: tuple[str, ...] = (NOSPP, SPP_SINGLE, SPP_MULTI)
+"""The three rows every backbone has in Table 2 (random-size was trained for Overfeat-7 only)."""
+BASELINE = NOSPP
+"""The row the SPP gains are measured against."""
+
+
+def variant_name(head: str, size_schedule: str) -> str:
+    """The variant a (head, size schedule) pair trains: nospp / spp_single / spp_multi / spp_random."""
+    for variant in VARIANTS.values():
+        if (variant.head, variant.size_schedule) == (head, size_schedule):
+            return variant.name
+    raise ValueError(
+        f"head {head!r} with size schedule {size_schedule!r} is not a trained variant: a no-SPP network has a fixed "
+        "input size, so it trains with size_schedule 'fixed' only"
+    )
+
+
+def run_name(backbone: str, variant: str) -> str:
+    """`{backbone}-{variant}`: the run's folder under runs_dir/experiment and its wandb name."""
+    return f"{backbone}-{variant}"
+
+
+# What a model section that names none of them trains (SppClassifier's defaults).
+DEFAULT_BACKBONE = "zf5"
+DEFAULT_HEAD: Literal["nospp", "spp"] = "spp"
+DEFAULT_SIZE_SCHEDULE: SizeSchedule = "fixed"
+
+
+def config_run_name(model: Mapping[str, Any]) -> str:
+    """The run name of a config's `model` section, without building the model (job scripts need it fast)."""
+    variant = variant_name(model.get("head", DEFAULT_HEAD), model.get("size_schedule", DEFAULT_SIZE_SCHEDULE))
+    return run_name(model.get("backbone", DEFAULT_BACKBONE), variant)
+
+
+# ---- test protocols -----------------------------------------------------------------------------------------------
+TestViews = Literal["center", "tenview", "full", "multiscale", "tenview_fmap"]
+TEST_PROTOCOLS: tuple[str, ...] = get_args(TestViews)
+TABLE_PROTOCOL = "tenview"
+"""The paper's Table 2 protocol: 4 corners + center of the s=256 image, each flipped, softmax averaged."""
+
+# ---- metric names (what the module logs, what the recorder, report and dashboard read) ---------------------------
+TRAIN_LOSS = "train/loss"
+TRAIN_EPOCH_LOSS = "train/epoch_loss"
+TRAIN_SIZE = "train/size"
+TRAIN_IMAGES_PER_S = "train/images_per_s"
+LR = "lr"
+
+
+def top1_metric(stage: Literal["val", "test"]) -> str:
+    return f"{stage}/top1_err"
+
+
+def top5_metric(stage: Literal["val", "test"]) -> str:
+    return f"{stage}/top5_err"
+
+
+def images_metric(stage: Literal["val", "test"]) -> str:
+    return f"{stage}/images"
+
+
+MONITOR = top1_metric("val")
+"""The metric best.ckpt and the plateau schedule follow (lower is better)."""
+
+# ---- the results file -------------------------------------------------------------------------------------------
+RESULTS_FILE = "results.json"
+RESULTS_PATTERN = "results_*.json"
+RESULTS_KEYS: tuple[str, ...] = (
+    "backbone", "variant", "experiment", "test_protocol", "top1_err", "top5_err", "num_test_images", "epochs",
+    "train_images_per_s", "wall_time_s", "git_commit", "config_hash", "run_dir", "finished_at",
+)
+"""The keys every results file holds (a reader tolerates extra ones)."""
+
+
+def results_filename(protocol: str) -> str:
+    """results.json for the paper's 10-view test; results_<protocol>.json for the others, so none overwrites it."""
+    return RESULTS_FILE if protocol == TABLE_PROTOCOL else f"results_{protocol}.json"
