@@ -235,6 +235,8 @@ def _cli_class(base: type) -> type:
                                 help="log to wandb (offline unless logged in or WANDB_MODE says otherwise)")
             parser.link_arguments("data", "model.num_classes", compute_fn=lambda data: data.num_classes,
                                   apply_on="instantiate")
+            parser.link_arguments("data", "model.pixel_statistics", compute_fn=lambda data: data.pixel_statistics,
+                                  apply_on="instantiate")
 
         @property
         def run_config(self) -> Any:

@@ -95,6 +95,25 @@ def images_metric(stage: Literal["val", "test"]) -> str:
 MONITOR = top1_metric("val")
 """The metric best.ckpt and the plateau schedule follow (lower is better)."""
 
+# ---- what the data hands the model ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PixelStatistics:
+    """The training set's pixel statistics in 0-255 scale: per-channel mean, and the eigen-decomposition of the RGB
+    covariance for AlexNet's PCA colour noise (`pca_eigvec[i]` is the unit eigenvector of `pca_eigval[i]`)."""
+
+    mean_rgb: tuple[float, float, float]
+    pca_eigval: tuple[float, float, float]
+    pca_eigvec: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
+
+
+IMAGENET_PIXEL_STATISTICS = PixelStatistics(
+    mean_rgb=(123.675, 116.28, 103.53),
+    # the widely used [0, 1]-scale eigenvalues (0.2175, 0.0188, 0.0045) times 255^2
+    pca_eigval=(14144.0, 1222.5, 292.6),
+    pca_eigvec=((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203)),
+)
+"""Used where no train manifest is at hand (a bare model, timm's default cfg); runs use their manifest's."""
+
 # ---- the results file -------------------------------------------------------------------------------------------
 RESULTS_FILE = "results.json"
 RESULTS_PATTERN = "results_*.json"

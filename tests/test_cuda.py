@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_device_decode import crop_of, with_bogus_huffman_table
-from test_fit_cli import cpu_args
-from test_pipeline import jpeg_bytes
+from helpers import cpu_args, crop_of, noise_jpeg, with_bogus_huffman_table
 
 from spp_cls.bench.data import synthetic_shards
 from spp_cls.cli import PROGRESS_BAR_REFRESH_STEPS, build_cli, main
@@ -76,7 +74,7 @@ def test_batches_decoded_between_training_steps_are_not_overwritten(tmp_path: Pa
 
 
 def test_a_file_nvjpeg_cannot_decode_is_replaced_by_the_next_good_sample(caplog: pytest.LogCaptureFixture) -> None:
-    files = [jpeg_bytes(240, 232, seed=seed) for seed in range(4)]
+    files = [noise_jpeg(240, 232, seed=seed) for seed in range(4)]
     files[1] = with_bogus_huffman_table(files[1])
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
     with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.device_decode"):

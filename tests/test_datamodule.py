@@ -25,9 +25,10 @@ def test_a_missing_root_fails_naming_the_path_and_the_shards_command(tmp_path: P
 def test_classes_statistics_and_expected_count_come_from_the_manifests(demo_shards: Path) -> None:
     datamodule = ShardDataModule(str(demo_shards), num_workers=0)
     assert datamodule.num_classes == 5
-    assert len(datamodule.mean_rgb) == 3 and all(0 < value < 255 for value in datamodule.mean_rgb)
-    assert len(datamodule.pca_eigval) == 3 and datamodule.pca_eigval == sorted(datamodule.pca_eigval, reverse=True)
-    assert len(datamodule.pca_eigvec) == 3 and all(len(row) == 3 for row in datamodule.pca_eigvec)
+    statistics = datamodule.pixel_statistics
+    assert len(statistics.mean_rgb) == 3 and all(0 < value < 255 for value in statistics.mean_rgb)
+    assert list(statistics.pca_eigval) == sorted(statistics.pca_eigval, reverse=True)
+    assert len(statistics.pca_eigvec) == 3 and all(len(row) == 3 for row in statistics.pca_eigvec)
     assert datamodule.expected_count("validate") == datamodule.expected_count("test") == 15
 
 

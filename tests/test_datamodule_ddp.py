@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from datamodule_probe import train_digests, val_digests
-from processes import run_hard_timeout
+from helpers import run_hard_timeout
 
 from spp_cls.data.stream.datamodule import ShardDataModule
 

@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from processes import run_hard_timeout
-from test_fit_cli import cpu_args
-from wandb_offline import offline_run_ids
+from helpers import cpu_args, offline_run_ids, run_hard_timeout
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 SPP_CLS = str(Path(sys.executable).with_name("spp-cls"))

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 from datamodule_probe import RecordingModule, make_trainer, train_digests
+from helpers import crop_of, noise_jpeg, with_bogus_huffman_table, write_shards
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
-from test_pipeline import jpeg_bytes, write_shards
 
 from spp_cls.data.stream.datamodule import ShardDataModule
 from spp_cls.data.stream.device_decode import (
     JpegBatch,
-    JpegCrop,
     JpegTrainStream,
     collate_jpegs,
     decode_train_batch,
@@ -43,17 +42,6 @@ def encoded(width: int, height: int, mode: str = "RGB", seed: int = 0, **options
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90, **options)
     return buffer.getvalue()
-
-
-def with_bogus_huffman_table(data: bytes) -> bytes:
-    """A JPEG whose header parses but whose body no decoder reads (its first Huffman table claims 16 x 255 codes)."""
-    table = data.index(b"\xff\xc4") + 5
-    return data[:table] + bytes([255] * 16) + data[table + 16 :]
-
-
-def crop_of(jpeg: bytes, width: int, height: int, seed: int, label: int, key: str) -> JpegCrop:
-    x0, y0, flip = crop_window(width, height, random.Random(seed))
-    return JpegCrop(jpeg, (width, height), (x0, y0), flip, label, key, "shard.tar")
 
 
 @pytest.mark.parametrize(("width", "height", "mode", "options"), [
@@ -152,7 +140,7 @@ def test_lightning_moves_the_labels_and_leaves_the_jpeg_bytes_on_the_cpu(demo_sh
 
 def test_header_corrupt_samples_are_skipped_before_any_draw_as_on_the_cpu_path(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    good = jpeg_bytes(240, 232, seed=3)
+    good = noise_jpeg(240, 232, seed=3)
     paths = write_shards(tmp_path, [6], extra={2: {"jpg": b"garbage"}, 3: {"jpg": good[: len(good) // 2]}})
     options = {"rank": 0, "world_size": 1, "seed": 0, "epoch": 0, "shuffle_buffer": 0, "max_corrupt_fraction": 0.4}
     with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
@@ -168,7 +156,7 @@ def test_header_corrupt_samples_are_skipped_before_any_draw_as_on_the_cpu_path(
 
 def test_a_file_that_does_not_decode_is_replaced_by_the_next_good_sample_and_logged(
         caplog: pytest.LogCaptureFixture) -> None:
-    files = [jpeg_bytes(240, 232, seed=seed) for seed in range(4)]
+    files = [noise_jpeg(240, 232, seed=seed) for seed in range(4)]
     files[1] = with_bogus_huffman_table(files[1])
     assert jpeg_size(files[1]) == (240, 232)
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
@@ -183,7 +171,7 @@ def test_a_file_that_does_not_decode_is_replaced_by_the_next_good_sample_and_log
 
 
 def test_a_decode_failure_counts_against_the_budget() -> None:
-    files = [jpeg_bytes(240, 232, seed=0), with_bogus_huffman_table(jpeg_bytes(240, 232, seed=1))]
+    files = [noise_jpeg(240, 232, seed=0), with_bogus_huffman_table(noise_jpeg(240, 232, seed=1))]
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, seed, f"k{seed}") for seed, jpeg in enumerate(files)])
     budget = CorruptSampleBudget(max_fraction=0.5, min_samples=1)
     decode_train_batch(batch, "cpu", budget)
@@ -193,21 +181,21 @@ def test_a_decode_failure_counts_against_the_budget() -> None:
 
 
 def test_a_file_that_decodes_to_another_size_than_its_header_said_is_replaced() -> None:
-    files = [jpeg_bytes(240, 232, seed=0), jpeg_bytes(250, 240, seed=1)]
+    files = [noise_jpeg(240, 232, seed=0), noise_jpeg(250, 240, seed=1)]
     items = [crop_of(files[0], 240, 232, 0, 0, "k0"), crop_of(files[1], 240, 232, 1, 1, "k1")]  # k1 is 250x240
     images, labels = decode_train_batch(collate_jpegs(items), "cpu")
     assert labels.tolist() == [0, 0] and torch.equal(images[0], images[1])
 
 
 def test_a_batch_where_nothing_decodes_stops_naming_a_file() -> None:
-    bad = with_bogus_huffman_table(jpeg_bytes(240, 232))
+    bad = with_bogus_huffman_table(noise_jpeg(240, 232))
     batch = collate_jpegs([crop_of(bad, 240, 232, seed, 0, f"k{seed}") for seed in range(2)])
     with pytest.raises(TooManyCorruptSamples, match="no file of a training batch of 2 decodes .*k0 in shard.tar"):
         decode_train_batch(batch, "cpu")
 
 
 def test_train_crop_and_the_header_path_draw_the_same_windows() -> None:
-    image = decode_rgb(jpeg_bytes(250, 230))
+    image = decode_rgb(noise_jpeg(250, 230))
     for mode in ("five", "random"):
         on_image, from_size = random.Random(4), random.Random(4)
         for _ in range(50):

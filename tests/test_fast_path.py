@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 import torch._dynamo
-from test_fit_cli import cpu_args
+from helpers import cpu_args
 
 from spp_cls.cli import main
 from spp_cls.models import create

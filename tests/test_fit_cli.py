@@ -8,27 +8,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import cpu_args, offline_run_ids
 from pytorch_lightning import Callback
-from wandb_offline import offline_run_ids
 
 from spp_cls.cli import build_cli, main
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"
-
-
-def cpu_args(shards: Path, runs: Path, *extra: str) -> list[str]:
-    """The table config, shrunk to the CPU: thin network, tiny batches, no workers, fp32."""
-    return [
-        "--config", str(CONFIG),
-        "--data.root", str(shards), "--runs_dir", str(runs), "--experiment", "t",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-        "--trainer.precision", "32-true", "--trainer.deterministic", "true",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--model.width", "0.125", "--model.init", "kaiming", "--model.channels_last", "false",
-        "--model.reference_batch", "8", "--model.lr", "0.005",
-        "--data.batch_size", "8", "--data.num_workers", "0", "--data.eval_workers", "0", *extra,
-    ]
 
 
 def read_summary(run: Path) -> list[dict[str, str]]:

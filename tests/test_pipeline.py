@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
+from helpers import coordinate_image, noise_jpeg, write_shards
 from PIL import Image
 
 from spp_cls.data.stream.pipeline import (
@@ -31,40 +31,8 @@ from spp_cls.data.stream.pipeline import (
 from spp_cls.data.stream.views import center_view, five_positions
 
 
-def jpeg_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def coordinate_image(width: int, height: int) -> torch.Tensor:
-    """uint8 CHW image whose pixels name their position: R = x, G = y (both < 256 here)."""
-    xs = torch.arange(width).expand(height, width)
-    ys = torch.arange(height).unsqueeze(1).expand(height, width)
-    return torch.stack([xs, ys, torch.zeros_like(xs)]).to(torch.uint8)
-
-
-def write_shards(directory: Path, counts: list[int], size: tuple[int, int] = (240, 232),
-                 extra: dict[int, dict[str, bytes]] | None = None) -> list[str]:
-    """Tar shards of tiny JPEGs; sample i (over all shards) has label i. ``extra[i]`` overrides/adds members."""
-    paths, index = [], 0
-    for shard, count in enumerate(counts):
-        path = directory / f"train-{shard:06d}.tar"
-        with wds.TarWriter(str(path)) as writer:
-            for _ in range(count):
-                sample = {"__key__": f"img{index:05d}", "jpg": jpeg_bytes(*size, seed=index),
-                          "cls": str(index).encode(), "json": b'{"source": "test"}'}
-                sample.update((extra or {}).get(index, {}))
-                writer.write(sample)
-                index += 1
-        paths.append(str(path))
-    return paths
-
-
 def test_decode_rgb_gives_uint8_chw_matching_pil() -> None:
-    data = jpeg_bytes(300, 200)
+    data = noise_jpeg(300, 200)
     image = decode_rgb(data)
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 200, 300)
     reference = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
@@ -72,12 +40,12 @@ def test_decode_rgb_gives_uint8_chw_matching_pil() -> None:
 
 
 def test_decode_rgb_turns_grayscale_into_three_equal_channels() -> None:
-    image = decode_rgb(jpeg_bytes(64, 48, mode="L"))
+    image = decode_rgb(noise_jpeg(64, 48, mode="L"))
     assert image.shape == (3, 48, 64)
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
 
 
-@pytest.mark.parametrize("data", [jpeg_bytes(300, 200)[:500], b"not a jpeg at all", b""])
+@pytest.mark.parametrize("data", [noise_jpeg(300, 200)[:500], b"not a jpeg at all", b""])
 def test_decode_rgb_raises_corrupt_sample_on_bad_bytes(data: bytes) -> None:
     with pytest.raises(CorruptSample, match="JPEG does not decode"):
         decode_rgb(data)
@@ -207,7 +175,7 @@ def test_eval_stream_yields_every_image_once_with_views_and_partial_last_batch(t
     assert [len(labels) for _, labels, _ in batches] == [2, 2, 1]  # the worker's shards in order, last batch partial
     assert torch.cat([labels for _, labels, _ in batches]).tolist() == [0, 1, 2, 3, 4]
     assert all(valid.all() and valid.dtype == torch.bool for _, _, valid in batches)
-    first = decode_rgb(jpeg_bytes(300, 260, seed=0))
+    first = decode_rgb(noise_jpeg(300, 260, seed=0))
     assert torch.equal(batches[0][0][0], center_view(first))
 
 

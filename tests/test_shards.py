@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from helpers import write_quirk_files
 from PIL import Image
 
 from spp_cls.data.manifest import Manifest
 from spp_cls.data.shards.convert import TAR_MTIME, ShardsStateError, StrictSkipError, convert, main, verify
-from spp_cls.data.synthetic import make_imagenet_folder, write_quirk_files
+from spp_cls.data.synthetic import make_imagenet_folder
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_fit_cli import cpu_args
+from helpers import cpu_args
 
 pytestmark = pytest.mark.slow
 SPP_CLS = str(Path(sys.executable).with_name("spp-cls"))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import write_quirk_files
 from PIL import Image, ImageOps
 
-from spp_cls.data.synthetic import make_imagenet_folder, write_quirk_files
+from spp_cls.data.synthetic import make_imagenet_folder
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

@@ -2,13 +2,14 @@
 import torch
 import torch.nn.functional as F
 
+from spp_cls.protocol import PixelStatistics
 from spp_cls.train.augment import InputTransform
 from spp_cls.train.metrics import TopKErrorSums
 
 
 def test_mean_subtraction_and_resize_to_the_epochs_size():
-    transform = InputTransform(pca_std=0.1)
-    transform.set_statistics([100.0, 110.0, 120.0], [300.0, 20.0, 5.0], torch.eye(3).tolist())
+    statistics = PixelStatistics((100.0, 110.0, 120.0), (300.0, 20.0, 5.0), tuple(map(tuple, torch.eye(3).tolist())))
+    transform = InputTransform(pca_std=0.1, statistics=statistics)
     images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
     mean = torch.tensor([100.0, 110.0, 120.0])[None, :, None, None]
     assert torch.equal(transform(images), images.float() - mean)
@@ -19,9 +20,9 @@ def test_mean_subtraction_and_resize_to_the_epochs_size():
 
 
 def test_pca_colour_noise_shifts_each_image_along_the_eigenvectors():
-    transform = InputTransform(pca_std=0.1)
     eigvec = torch.tensor([[0.6, 0.8, 0.0], [-0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])
-    transform.set_statistics([0.0, 0.0, 0.0], [5000.0, 500.0, 50.0], eigvec.tolist())
+    statistics = PixelStatistics((0.0, 0.0, 0.0), (5000.0, 500.0, 50.0), tuple(map(tuple, eigvec.tolist())))
+    transform = InputTransform(pca_std=0.1, statistics=statistics)
     images = torch.full((4, 3, 8, 8), 128, dtype=torch.uint8)
     torch.manual_seed(7)
     out = transform(images, train=True)

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import coordinate_image, smooth_jpeg
 from PIL import Image
 
 from spp_cls.data.stream.pipeline import decode_rgb
@@ -23,23 +24,6 @@ from spp_cls.data.stream.views import (
     ten_view_boxes,
     ten_views,
 )
-
-
-def jpeg_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
-    """A smooth random image (so JPEG keeps it close), encoded as JPEG."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(height // 16 + 2, width // 16 + 2, 3), dtype=np.uint8)
-    image = Image.fromarray(coarse).resize((width, height), Image.BILINEAR).convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def coordinate_image(width: int, height: int) -> torch.Tensor:
-    """uint8 CHW image whose pixels name their position: R = x % 256, G = y % 256, B = x // 256."""
-    xs = torch.arange(width).expand(height, width)
-    ys = torch.arange(height).unsqueeze(1).expand(height, width)
-    return torch.stack([xs % 256, ys % 256, xs // 256]).to(torch.uint8)
 
 
 def window_origin(crop: torch.Tensor) -> tuple[int, int, bool]:
@@ -71,7 +55,7 @@ def test_resized_size_keeps_aspect_and_sets_shorter_side() -> None:
 
 
 def test_resize_shorter_is_antialiased_like_pil_on_a_decoded_jpeg() -> None:
-    data = jpeg_bytes(500, 375)
+    data = smooth_jpeg(500, 375)
     image = decode_rgb(data)
     resized = resize_shorter(image, 256)
     assert resized.dtype == torch.uint8 and tuple(resized.shape) == (3, 256, 341)
@@ -90,7 +74,7 @@ def test_ten_views_cut_the_boxes_of_the_256_image() -> None:
 
 
 def test_ten_views_of_a_full_size_jpeg_are_taken_after_resizing_to_256() -> None:
-    image = decode_rgb(jpeg_bytes(375, 500, seed=3))  # portrait, full size as in the val shards
+    image = decode_rgb(smooth_jpeg(375, 500, seed=3))  # portrait, full size as in the val shards
     views = ten_views(image)
     resized = resize_shorter(image, 256)
     assert tuple(resized.shape) == (3, 341, 256)
@@ -100,7 +84,7 @@ def test_ten_views_of_a_full_size_jpeg_are_taken_after_resizing_to_256() -> None
 
 
 def test_center_view_is_the_middle_of_the_256_image() -> None:
-    image = decode_rgb(jpeg_bytes(640, 480, seed=1))
+    image = decode_rgb(smooth_jpeg(640, 480, seed=1))
     view = center_view(image)
     resized = resize_shorter(image, 256)
     assert view.shape == (3, 224, 224)
@@ -109,8 +93,8 @@ def test_center_view_is_the_middle_of_the_256_image() -> None:
 
 
 def test_full_view_keeps_the_whole_image_at_shorter_side_256() -> None:
-    assert full_view(decode_rgb(jpeg_bytes(500, 375))).shape == (3, 256, 341)
-    assert full_view(decode_rgb(jpeg_bytes(300, 600))).shape == (3, 512, 256)
+    assert full_view(decode_rgb(smooth_jpeg(500, 375))).shape == (3, 256, 341)
+    assert full_view(decode_rgb(smooth_jpeg(300, 600))).shape == (3, 512, 256)
 
 
 def test_multiscale_boxes_have_18_views_and_6_at_the_crop_size() -> None:
@@ -126,7 +110,7 @@ def test_multiscale_boxes_have_18_views_and_6_at_the_crop_size() -> None:
 
 @pytest.mark.parametrize("size", [(500, 375), (300, 300)])
 def test_multiscale_views_are_96_windows_over_six_scales(size: tuple[int, int]) -> None:
-    image = decode_rgb(jpeg_bytes(*size, seed=2))
+    image = decode_rgb(smooth_jpeg(*size, seed=2))
     views = multiscale_views(image)
     assert views.shape == (96, 3, 224, 224) and views.dtype == torch.uint8
     resized_560 = resize_shorter(image, 560)
@@ -138,7 +122,7 @@ def test_multiscale_views_are_96_windows_over_six_scales(size: tuple[int, int]) 
 
 
 def test_stacked_views_give_v_views_per_protocol() -> None:
-    image = decode_rgb(jpeg_bytes(320, 240))
+    image = decode_rgb(smooth_jpeg(320, 240))
     assert stacked_views("center")(image).shape == (1, 3, 224, 224)
     assert stacked_views("tenview")(image).shape == (10, 3, 224, 224)
     assert stacked_views("full")(image).shape == (1, 3, 256, 341)

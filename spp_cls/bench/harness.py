@@ -11,7 +11,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from ..train.augment import IMAGENET_MEAN_RGB, IMAGENET_PCA_EIGVAL_255, IMAGENET_PCA_EIGVEC
 from ..train.module import SppClassifier
 from .device import autocast, synchronize
 from .settings import NUM_CLASSES, PRECISIONS, Batch, BenchSettings
@@ -31,9 +30,6 @@ class _InMemoryData(pl.LightningDataModule):
         super().__init__()
         self.batches = batches
         self.batch_size = batch_size
-        self.mean_rgb = IMAGENET_MEAN_RGB
-        self.pca_eigval = list(IMAGENET_PCA_EIGVAL_255)
-        self.pca_eigvec = [list(row) for row in IMAGENET_PCA_EIGVEC]
 
     def train_dataloader(self) -> _BatchList:
         return _BatchList(self.batches)

@@ -3,7 +3,7 @@
 Each class is a coloured shape (its own hue, and one of ten shapes or textures) on a noisy, tinted gradient
 background. Sizes and aspect ratios vary like ImageNet's, and the noise keeps the files about as large as ImageNet
 JPEGs, so the demo exercises `spp-cls shards` and the data pipeline as real data does. Everything is a function of
-the seed. `write_quirk_files` adds the awkward files real datasets contain, for tests of the converter.
+the seed.
 """
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import csv
 import io
 import math
 import random
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,23 +34,6 @@ class SyntheticClass:
     name: str
     hue: float
     shape: str
-
-
-@dataclass(frozen=True)
-class QuirkFile:
-    """A file written by `write_quirk_files`.
-
-    Attributes:
-        name: file name inside the folder.
-        what: what is odd about it.
-        readable: whether the converter must turn it into a sample (else it must be skipped and named).
-        display_size: (w, h) once its EXIF orientation is applied; None for unreadable files.
-    """
-
-    name: str
-    what: str
-    readable: bool
-    display_size: tuple[int, int] | None
 
 
 def synthetic_classes(num_classes: int, seed: int = 0) -> list[SyntheticClass]:
@@ -180,76 +161,3 @@ def make_imagenet_folder(root: str | Path, num_classes: int = 10, train_per_clas
             writer.writerow(["ImageId", "PredictionString"])
             writer.writerows(sorted(solution_rows))
     return root
-
-
-def _encoded(image: Image.Image, image_format: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, **options)
-    return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height and holds no pixel data (enough for PIL's size check at open)."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-
-
-def write_quirk_files(folder: str | Path, seed: int = 0) -> list[QuirkFile]:
-    """Write the odd files a real ImageNet copy contains into `folder`, all named `quirk_*.JPEG`.
-
-    Readable: CMYK JPEG, greyscale JPEG, a PNG, a palette PNG, a palette GIF with transparency, an RGBA PNG, a 16-bit
-    greyscale PNG, a progressive JPEG, a JPEG with EXIF orientation 6 (stored 60x30, left half red and right half
-    blue, so it displays 30x60 with red on top), a 10x10 JPEG and a 400x16 JPEG. Unreadable: a truncated JPEG, an
-    empty file, a text file and a PNG declaring 20000x10000 pixels (beyond PIL's decompression-bomb limit).
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 7])
-    cls = synthetic_classes(1, seed)[0]
-
-    def picture(width: int, height: int) -> Image.Image:
-        return render_image(cls, rng, (min(width, height), min(width, height))).resize((width, height))
-
-    rotated = Image.new("RGB", (60, 30), (230, 20, 20))
-    rotated.paste((20, 20, 230), (30, 0, 60, 30))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    transparent_gif = picture(64, 64).quantize(16)
-    transparent_gif.info["transparency"] = 0
-    rgba = picture(80, 80).convert("RGBA")
-    rgba.putalpha(Image.linear_gradient("L").resize((80, 80)))
-    grey16 = Image.fromarray((np.asarray(picture(64, 48).convert("L"), np.uint16) * 257))
-    truncated = _encoded(picture(200, 150), "JPEG", quality=90)
-    files = [
-        (QuirkFile("quirk_cmyk.JPEG", "CMYK JPEG", True, (120, 90)),
-         _encoded(picture(120, 90).convert("CMYK"), "JPEG", quality=90)),
-        (QuirkFile("quirk_grey.JPEG", "greyscale JPEG", True, (100, 80)),
-         _encoded(picture(100, 80).convert("L"), "JPEG", quality=90)),
-        (QuirkFile("quirk_png.JPEG", "PNG named .JPEG", True, (90, 120)), _encoded(picture(90, 120), "PNG")),
-        (QuirkFile("quirk_palette.JPEG", "palette PNG", True, (100, 100)),
-         _encoded(picture(100, 100).quantize(64), "PNG")),
-        (QuirkFile("quirk_palette_transparent.JPEG", "palette GIF with a transparent colour", True, (64, 64)),
-         _encoded(transparent_gif, "GIF", transparency=0)),
-        (QuirkFile("quirk_rgba.JPEG", "RGBA PNG", True, (80, 80)), _encoded(rgba, "PNG")),
-        (QuirkFile("quirk_grey16.JPEG", "16-bit greyscale PNG", True, (64, 48)), _encoded(grey16, "PNG")),
-        (QuirkFile("quirk_progressive.JPEG", "progressive JPEG", True, (100, 70)),
-         _encoded(picture(100, 70), "JPEG", quality=90, progressive=True)),
-        (QuirkFile("quirk_exif_rotated.JPEG", "EXIF orientation 6 (rotate 90 degrees clockwise)", True, (30, 60)),
-         _encoded(rotated, "JPEG", quality=95, exif=exif.tobytes())),
-        (QuirkFile("quirk_tiny.JPEG", "10x10 image", True, (10, 10)), _encoded(picture(10, 10), "JPEG", quality=90)),
-        (QuirkFile("quirk_wide.JPEG", "400x16 image (aspect 25)", True, (400, 16)),
-         _encoded(picture(400, 16), "JPEG", quality=90)),
-        (QuirkFile("quirk_truncated.JPEG", "JPEG cut off after 40% of its bytes", False, None),
-         truncated[: len(truncated) * 2 // 5]),
-        (QuirkFile("quirk_empty.JPEG", "empty file", False, None), b""),
-        (QuirkFile("quirk_not_an_image.JPEG", "text file", False, None), b"this is not an image\n"),
-        (QuirkFile("quirk_bomb.JPEG", "PNG declaring 20000x10000 pixels", False, None),
-         _png_header_only(20_000, 10_000)),
-    ]
-    for quirk, data in files:
-        (folder / quirk.name).write_bytes(data)
-    return [quirk for quirk, _ in files]

@@ -16,7 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from ..paper import BACKBONES, RANDOM_SIZE, TABLE2, PaperError
-from ..protocol import VARIANTS
+from ..protocol import IMAGENET_PIXEL_STATISTICS, VARIANTS
 from .backbones import TRUNKS, build_trunk, conv_map_size, min_input_size, scaled_width
 from .init import Init, init_head, init_trunk
 from .net import Head, SppNet, make_pool
@@ -26,7 +26,7 @@ HEADS: tuple[str, ...] = ("nospp", "spp")
 TRAIN_SIZES = (224, 180)
 # The paper subtracts the per-channel mean in 0-255 scale and does not divide by a std. In timm's [0, 1] convention
 # that is mean = ImageNet mean and std = 1/255: (x / 255 - mean) / (1 / 255) = x - 255 * mean.
-TIMM_MEAN = (0.485, 0.456, 0.406)
+TIMM_MEAN = tuple(channel / 255 for channel in IMAGENET_PIXEL_STATISTICS.mean_rgb)
 TIMM_STD = (1 / 255, 1 / 255, 1 / 255)
 
 
@@ -154,16 +154,12 @@ class _TimmTrunk(nn.Module):
         return self.model.forward_features(x)
 
 
-def create(
-        backbone: str,
-        head: Head = "spp",
-        num_classes: int = 1000,
-        width: float = 1.0,
-        init: Init = "paper",
-        levels: Sequence[int] = PAPER_LEVELS,
-        dropout: float = 0.5,
-) -> SppNet:
-    """Build a network by backbone name: one of the paper's four, or any timm model name."""
+def create(backbone: str, head: Head = "spp", **options: Any) -> SppNet:
+    """Build a network by backbone name: one of the paper's four, or any timm model name.
+
+    `options` go to the builder as they are (`num_classes`, `width`, `init`, `levels`, `dropout`: see
+    `build_paper_net` and `build_timm_net`), so a new option is added to the builders' signatures only.
+    """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
     builder: Callable[..., SppNet]
@@ -176,7 +172,7 @@ def create(
             f"unknown backbone {backbone!r}; known backbones: {', '.join(TRUNKS)} "
             "(or any timm model name, see timm.list_models())"
         )
-    return builder(backbone, head, num_classes, width, init, levels, dropout)
+    return builder(backbone, head, **options)
 
 
 # ---- timm registry -----------------------------------------------------------------------------------------------

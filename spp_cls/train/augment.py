@@ -8,11 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Fallback statistics (ImageNet, 0-255 scale) used only when no train manifest is at hand, e.g. a bare model
-# evaluated outside the datamodule. Runs read theirs from the train manifest, and checkpoints carry them.
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-IMAGENET_PCA_EIGVAL_255 = (14144.0, 1222.5, 292.6)  # covariance eigenvalues in 0-255 scale (0.2175, 0.0188, 0.0045 x 255^2)
-IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+from ..protocol import IMAGENET_PIXEL_STATISTICS, PixelStatistics
 
 
 class InputTransform(nn.Module):
@@ -23,18 +19,13 @@ class InputTransform(nn.Module):
     implementations take), so in 0-255 scale the shift is alpha_i * lambda255_i / 255.
     """
 
-    def __init__(self, pca_std: float = 0.1) -> None:
+    def __init__(self, pca_std: float = 0.1, statistics: PixelStatistics = IMAGENET_PIXEL_STATISTICS) -> None:
         super().__init__()
         self.pca_std = pca_std
-        self.register_buffer("mean_rgb", torch.tensor(IMAGENET_MEAN_RGB))
-        self.register_buffer("pca_eigval", torch.tensor(IMAGENET_PCA_EIGVAL_255))
-        self.register_buffer("pca_eigvec", torch.tensor(IMAGENET_PCA_EIGVEC))
-
-    def set_statistics(self, mean_rgb: list[float], eigval: list[float], eigvec: list[list[float]]) -> None:
-        """Take the train manifest's mean (0-255) and covariance eigen-decomposition (rows of eigvec = vectors)."""
-        for name, value in (("mean_rgb", mean_rgb), ("pca_eigval", eigval), ("pca_eigvec", eigvec)):
-            buffer = getattr(self, name)
-            buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype, device=buffer.device))
+        # buffers, so that a checkpoint carries the statistics its model was trained with
+        self.register_buffer("mean_rgb", torch.tensor(statistics.mean_rgb))
+        self.register_buffer("pca_eigval", torch.tensor(statistics.pca_eigval))
+        self.register_buffer("pca_eigvec", torch.tensor(statistics.pca_eigvec))
 
     def color_shift(self, batch_size: int) -> torch.Tensor:
         """One RGB shift per image, (batch, 3), in 0-255 scale."""

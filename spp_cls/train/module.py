@@ -20,12 +20,14 @@ from ..protocol import (
     DEFAULT_BACKBONE,
     DEFAULT_HEAD,
     DEFAULT_SIZE_SCHEDULE,
+    IMAGENET_PIXEL_STATISTICS,
     LR,
     MONITOR,
     TRAIN_EPOCH_LOSS,
     TRAIN_IMAGES_PER_S,
     TRAIN_LOSS,
     TRAIN_SIZE,
+    PixelStatistics,
     SizeSchedule,
     images_metric,
     run_name,
@@ -66,6 +68,8 @@ class SppClassifier(pl.LightningModule):
         pca_std: sigma of AlexNet's PCA colour noise (0 disables it).
         channels_last: run the network in NHWC memory format (faster on GPUs with tensor cores).
         compile: torch.compile the network (static shapes: one graph per training size).
+        pixel_statistics: the training set's mean and PCA, set from the train manifest by the CLI (ImageNet's when
+            None).
     """
 
     def __init__(
@@ -92,9 +96,11 @@ class SppClassifier(pl.LightningModule):
             pca_std: float = 0.1,
             channels_last: bool = False,
             compile: bool = False,
+            pixel_statistics: PixelStatistics | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # the statistics travel in the checkpoint as the input transform's buffers
+        self.save_hyperparameters(ignore=["pixel_statistics"])
         self.variant = variant_name(head, size_schedule)
         self.net = create(backbone, head=head, num_classes=num_classes, width=width, init=init, levels=levels,
                           dropout=dropout)
@@ -102,7 +108,7 @@ class SppClassifier(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile(dynamic=False)  # in place: the state dict keeps its keys
-        self.transform = InputTransform(pca_std)
+        self.transform = InputTransform(pca_std, pixel_statistics or IMAGENET_PIXEL_STATISTICS)
         self.eval_sums = TopKErrorSums()
         self.train_loss_sum = torch.zeros((), dtype=torch.float64)
         self._epoch_size = train_sizes[0]
@@ -143,9 +149,6 @@ class SppClassifier(pl.LightningModule):
         # The epoch values of on_train_epoch_end and _log_errors are summed over all ranks here before they are
         # logged; Lightning's advice to add sync_dist=True (a second, averaging reduction) does not apply to them.
         warnings.filterwarnings("ignore", message=SYNC_DIST_ADVICE_FOR_REDUCED_VALUES, category=UserWarning)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and stage == "fit":
-            self.transform.set_statistics(datamodule.mean_rgb, datamodule.pca_eigval, datamodule.pca_eigvec)
 
     # ---- training -----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

@@ -50,6 +50,7 @@ from spp_cls.data.stream.views import (
     center_view,
     stacked_views,
 )
+from spp_cls.protocol import PixelStatistics
 
 EvalStage = Literal["validate", "test"]
 Decode = Literal["cpu", "device"]
@@ -170,20 +171,11 @@ class ShardDataModule(pl.LightningDataModule):
         return self.train_manifest.num_classes
 
     @property
-    def mean_rgb(self) -> tuple[float, float, float]:
-        """Per-channel pixel mean of the training set, 0-255 scale."""
-        red, green, blue = self.train_manifest.mean_rgb
-        return red, green, blue
-
-    @property
-    def pca_eigval(self) -> list[float]:
-        """Eigenvalues of the training RGB covariance (0-255 scale), descending."""
-        return list(self.train_manifest.pca_eigval)
-
-    @property
-    def pca_eigvec(self) -> list[list[float]]:
-        """Row i is the unit RGB eigenvector of ``pca_eigval[i]``."""
-        return [list(row) for row in self.train_manifest.pca_eigvec]
+    def pixel_statistics(self) -> PixelStatistics:
+        """The train manifest's pixel mean and PCA (0-255 scale): what the model normalises and colour-jitters with."""
+        manifest = self.train_manifest
+        assert manifest.mean_rgb is not None and manifest.pca_eigval is not None and manifest.pca_eigvec is not None
+        return PixelStatistics(manifest.mean_rgb, manifest.pca_eigval, manifest.pca_eigvec)  # type: ignore[arg-type]
 
     @property
     def loader_workers(self) -> int:

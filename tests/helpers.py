@@ -1,0 +1,228 @@
+"""Helpers shared by the tests: real processes with a hard timeout, real JPEG files, odd source files, wandb's
+offline run folders. Test files import from here, never from each other."""
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import struct
+import subprocess
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from spp_cls.data.stream.device_decode import JpegCrop
+from spp_cls.data.stream.pipeline import crop_window
+from spp_cls.data.synthetic import render_image, synthetic_classes
+
+TABLE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"
+
+
+def cpu_args(shards: Path, runs: Path, *extra: str) -> list[str]:
+    """The table config, shrunk to the CPU: thin network, tiny batches, no workers, fp32."""
+    return [
+        "--config", str(TABLE_CONFIG),
+        "--data.root", str(shards), "--runs_dir", str(runs), "--experiment", "t",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.deterministic", "true",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--model.width", "0.125", "--model.init", "kaiming", "--model.channels_last", "false",
+        "--model.reference_batch", "8", "--model.lr", "0.005",
+        "--data.batch_size", "8", "--data.num_workers", "0", "--data.eval_workers", "0", *extra,
+    ]
+
+
+# ---- processes --------------------------------------------------------------------------------------------------
+# what a hung run shows of itself: the end of its output, which holds the stacks of all its Python processes
+HUNG_OUTPUT_CHARS = 20_000
+
+
+def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run in a new process group, output captured; on timeout fail the test with every process's Python stacks.
+
+    The processes (ranks, loader workers: all inherit the environment) run with PYTHONFAULTHANDLER=1, so the SIGABRT
+    sent to the group on timeout makes each of them print the traceback of every thread; SIGKILL follows.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**env, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        try:
+            output, _ = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+        with_stacks = output[-HUNG_OUTPUT_CHARS:]
+        pytest.fail(f"{' '.join(command[:2])} hung for {timeout} s; its stacks, then killed:\n{with_stacks}")
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+# ---- wandb ------------------------------------------------------------------------------------------------------
+def offline_run_ids(run_dir: Path) -> set[str]:
+    """The run id of every offline start under ``run_dir/wandb``.
+
+    Each start gets a folder ``offline-run-<time>-<id>`` (with ``-1``, ``-2``... appended when two starts of one run
+    fall in the same second), so the id is read from the ``run-<id>.wandb`` file inside, not from the folder name.
+    """
+    folders = list((run_dir / "wandb").glob("offline-run-*"))
+    assert folders, f"no offline wandb run under {run_dir}"
+    ids = set()
+    for folder in folders:
+        (log,) = folder.glob("run-*.wandb")
+        ids.add(log.stem.removeprefix("run-"))
+    return ids
+
+
+# ---- images -----------------------------------------------------------------------------------------------------
+def noise_jpeg(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    """Uniform random pixels encoded as JPEG (quality 90): a real file whose decoded pixels JPEG has changed."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def smooth_jpeg(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    """A smooth random image (so JPEG keeps it close), encoded as JPEG (quality 95)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(height // 16 + 2, width // 16 + 2, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.BILINEAR).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def coordinate_image(width: int, height: int) -> torch.Tensor:
+    """uint8 CHW image whose pixels name their position: R = x % 256, G = y % 256, B = x // 256."""
+    xs = torch.arange(width).expand(height, width)
+    ys = torch.arange(height).unsqueeze(1).expand(height, width)
+    return torch.stack([xs % 256, ys % 256, xs // 256]).to(torch.uint8)
+
+
+def write_shards(directory: Path, counts: list[int], size: tuple[int, int] = (240, 232),
+                 extra: dict[int, dict[str, bytes]] | None = None) -> list[str]:
+    """Tar shards of tiny JPEGs; sample i (over all shards) has label i. ``extra[i]`` overrides/adds members."""
+    paths, index = [], 0
+    for shard, count in enumerate(counts):
+        path = directory / f"train-{shard:06d}.tar"
+        with wds.TarWriter(str(path)) as writer:
+            for _ in range(count):
+                sample = {"__key__": f"img{index:05d}", "jpg": noise_jpeg(*size, seed=index),
+                          "cls": str(index).encode(), "json": b'{"source": "test"}'}
+                sample.update((extra or {}).get(index, {}))
+                writer.write(sample)
+                index += 1
+        paths.append(str(path))
+    return paths
+
+
+def with_bogus_huffman_table(data: bytes) -> bytes:
+    """A JPEG whose header parses but whose body no decoder reads (its first Huffman table claims 16 x 255 codes)."""
+    table = data.index(b"\xff\xc4") + 5
+    return data[:table] + bytes([255] * 16) + data[table + 16 :]
+
+
+def crop_of(jpeg: bytes, width: int, height: int, seed: int, label: int, key: str) -> JpegCrop:
+    x0, y0, flip = crop_window(width, height, random.Random(seed))
+    return JpegCrop(jpeg, (width, height), (x0, y0), flip, label, key, "shard.tar")
+
+
+# ---- the odd files of a real ImageNet copy ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuirkFile:
+    """A file written by `write_quirk_files`.
+
+    Attributes:
+        name: file name inside the folder.
+        what: what is odd about it.
+        readable: whether the converter must turn it into a sample (else it must be skipped and named).
+        display_size: (w, h) once its EXIF orientation is applied; None for unreadable files.
+    """
+
+    name: str
+    what: str
+    readable: bool
+    display_size: tuple[int, int] | None
+
+
+def _encoded(image: Image.Image, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height and holds no pixel data (enough for PIL's size check at open)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def write_quirk_files(folder: str | Path, seed: int = 0) -> list[QuirkFile]:
+    """Write the odd files a real ImageNet copy contains into `folder`, all named `quirk_*.JPEG`.
+
+    Readable: CMYK JPEG, greyscale JPEG, a PNG, a palette PNG, a palette GIF with transparency, an RGBA PNG, a 16-bit
+    greyscale PNG, a progressive JPEG, a JPEG with EXIF orientation 6 (stored 60x30, left half red and right half
+    blue, so it displays 30x60 with red on top), a 10x10 JPEG and a 400x16 JPEG. Unreadable: a truncated JPEG, an
+    empty file, a text file and a PNG declaring 20000x10000 pixels (beyond PIL's decompression-bomb limit).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 7])
+    cls = synthetic_classes(1, seed)[0]
+
+    def picture(width: int, height: int) -> Image.Image:
+        return render_image(cls, rng, (min(width, height), min(width, height))).resize((width, height))
+
+    rotated = Image.new("RGB", (60, 30), (230, 20, 20))
+    rotated.paste((20, 20, 230), (30, 0, 60, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    transparent_gif = picture(64, 64).quantize(16)
+    transparent_gif.info["transparency"] = 0
+    rgba = picture(80, 80).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((80, 80)))
+    grey16 = Image.fromarray((np.asarray(picture(64, 48).convert("L"), np.uint16) * 257))
+    truncated = _encoded(picture(200, 150), "JPEG", quality=90)
+    files = [
+        (QuirkFile("quirk_cmyk.JPEG", "CMYK JPEG", True, (120, 90)),
+         _encoded(picture(120, 90).convert("CMYK"), "JPEG", quality=90)),
+        (QuirkFile("quirk_grey.JPEG", "greyscale JPEG", True, (100, 80)),
+         _encoded(picture(100, 80).convert("L"), "JPEG", quality=90)),
+        (QuirkFile("quirk_png.JPEG", "PNG named .JPEG", True, (90, 120)), _encoded(picture(90, 120), "PNG")),
+        (QuirkFile("quirk_palette.JPEG", "palette PNG", True, (100, 100)),
+         _encoded(picture(100, 100).quantize(64), "PNG")),
+        (QuirkFile("quirk_palette_transparent.JPEG", "palette GIF with a transparent colour", True, (64, 64)),
+         _encoded(transparent_gif, "GIF", transparency=0)),
+        (QuirkFile("quirk_rgba.JPEG", "RGBA PNG", True, (80, 80)), _encoded(rgba, "PNG")),
+        (QuirkFile("quirk_grey16.JPEG", "16-bit greyscale PNG", True, (64, 48)), _encoded(grey16, "PNG")),
+        (QuirkFile("quirk_progressive.JPEG", "progressive JPEG", True, (100, 70)),
+         _encoded(picture(100, 70), "JPEG", quality=90, progressive=True)),
+        (QuirkFile("quirk_exif_rotated.JPEG", "EXIF orientation 6 (rotate 90 degrees clockwise)", True, (30, 60)),
+         _encoded(rotated, "JPEG", quality=95, exif=exif.tobytes())),
+        (QuirkFile("quirk_tiny.JPEG", "10x10 image", True, (10, 10)), _encoded(picture(10, 10), "JPEG", quality=90)),
+        (QuirkFile("quirk_wide.JPEG", "400x16 image (aspect 25)", True, (400, 16)),
+         _encoded(picture(400, 16), "JPEG", quality=90)),
+        (QuirkFile("quirk_truncated.JPEG", "JPEG cut off after 40% of its bytes", False, None),
+         truncated[: len(truncated) * 2 // 5]),
+        (QuirkFile("quirk_empty.JPEG", "empty file", False, None), b""),
+        (QuirkFile("quirk_not_an_image.JPEG", "text file", False, None), b"this is not an image\n"),
+        (QuirkFile("quirk_bomb.JPEG", "PNG declaring 20000x10000 pixels", False, None),
+         _png_header_only(20_000, 10_000)),
+    ]
+    for quirk, data in files:
+        (folder / quirk.name).write_bytes(data)
+    return [quirk for quirk, _ in files]
