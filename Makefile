@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ demo: install
 
 test: install
 	WANDB_MODE=offline $(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check spp_cls tests benchmarks
 
 test-fast: install
 	WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow and not slurm"

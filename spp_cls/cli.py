@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     handlers: dict[str, Callable[[list[str]], int]] = {
-        **{name: _lightning for name in LIGHTNING_COMMANDS},
+        **dict.fromkeys(LIGHTNING_COMMANDS, _lightning),
         "shards": _shards,
         "table": _table,
         "models": _models,
@@ -105,8 +105,9 @@ def _run_dir(argv: list[str]) -> int:
     parser.add_argument("--experiment", help="overrides the config's experiment")
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text()) or {}
-    print(run_dir(args.runs_dir or config.get("runs_dir", "runs"), args.experiment or config.get("experiment", "default"),
-                  config_run_name(config.get("model") or {})))
+    runs_dir = args.runs_dir or config.get("runs_dir", "runs")
+    experiment = args.experiment or config.get("experiment", "default")
+    print(run_dir(runs_dir, experiment, config_run_name(config.get("model") or {})))
     return 0
 
 

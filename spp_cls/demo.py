@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(TABLE_VARIANTS))
     if unknown:
-        print(f"spp-cls demo: error: unknown variants {unknown}; choose from {', '.join(TABLE_VARIANTS)}", file=sys.stderr)
+        choices = ", ".join(TABLE_VARIANTS)
+        print(f"spp-cls demo: error: unknown variants {unknown}; choose from {choices}", file=sys.stderr)
         return 2
     if not CONFIG.is_file():
         print(f"spp-cls demo: error: {CONFIG} is missing; run the demo from a checkout of spp-cls", file=sys.stderr)
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--config", str(CONFIG), "--data.root", str(shards), "--runs_dir", str(runs),
               "--trainer.max_epochs", str(args.epochs), "--data.num_workers", str(args.workers)]
     for number, variant in enumerate(variants, start=1):
-        run_args = [*common, "--model.head", VARIANTS[variant].head, "--model.size_schedule", VARIANTS[variant].size_schedule]
+        head, schedule = VARIANTS[variant].head, VARIANTS[variant].size_schedule
+        run_args = [*common, "--model.head", head, "--model.size_schedule", schedule]
         print(f"[3/4] ({number}/{len(variants)}) ZF-5 {variant}: fit {args.epochs} epochs, then the 10-view test",
               flush=True)
         for command in ("fit", "test"):

@@ -22,10 +22,10 @@ BACKBONE_TITLES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class PaperError:
-    """Top-1 / top-5 error in percent, as printed in the paper."""
+    """Top-1 / top-5 error in percent, as printed in the paper (None where it prints only the other)."""
 
-    top1: float
-    top5: float
+    top1: float | None
+    top5: float | None
 
 
 # Table 2 [P-6]: standard 10-view test (4 corners + center of the s=256 image, each flipped); per backbone the
@@ -60,10 +60,31 @@ TABLE3_TOP1: dict[tuple[str, str, str], float] = {
     ("overfeat7", SPP_MULTI, "full"): 31.25,
 }
 
-# Table 4 [P-7]: SPP Overfeat-7, 6 scales, 96 views + 2 full-image views.
+# Table 4 [P-7]: SPP Overfeat-7 (multi-size trained), 6 scales, 96 views + 2 full-image views.
 TABLE4_MULTISCALE = PaperError(27.86, 9.14)
+# Section 3.1 [P-7]: the same network with the 96 views alone (the `multiscale` protocol); only top-5 is printed.
+MULTIVIEW_96_TOP5: dict[tuple[str, str], float] = {("overfeat7", SPP_MULTI): 9.36}
+
+# Where the paper's column of `spp-cls table --protocol P` comes from; tenview_fmap, which the paper finds within
+# 0.1 point of the crops, is set beside Table 2.
+PROTOCOL_SOURCES: dict[str, str] = {
+    "tenview": "Table 2, standard 10-view test",
+    "tenview_fmap": "Table 2, standard 10-view test on image crops (the paper: 10 views on feature maps are within "
+                    "0.1 point of top-5 error)",
+    "center": "Table 3, 1 center crop (top-1 only)",
+    "full": "Table 3, 1 full-image view (top-1 only)",
+    "multiscale": f"section 3.1, 6 scales x 96 views (top-5 only; with 2 more full-image views, Table 4: "
+                  f"{TABLE4_MULTISCALE.top1}/{TABLE4_MULTISCALE.top5})",
+}
 
 
-def paper_error(backbone: str, variant: str) -> PaperError | None:
-    """The paper's 10-view error for one cell, or None where the paper reports none."""
-    return TABLE2.get((backbone, variant)) or RANDOM_SIZE.get((backbone, variant))
+def paper_error(backbone: str, variant: str, protocol: str = "tenview") -> PaperError | None:
+    """The paper's error for one cell under one test protocol, or None where the paper reports none."""
+    if protocol in ("tenview", "tenview_fmap"):
+        return TABLE2.get((backbone, variant)) or RANDOM_SIZE.get((backbone, variant))
+    if protocol in ("center", "full"):
+        top1 = TABLE3_TOP1.get((backbone, variant, "crop" if protocol == "center" else "full"))
+        return None if top1 is None else PaperError(top1, None)
+    if protocol == "multiscale" and (backbone, variant) in MULTIVIEW_96_TOP5:
+        return PaperError(None, MULTIVIEW_96_TOP5[(backbone, variant)])
+    return None

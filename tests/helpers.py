@@ -195,7 +195,7 @@ def write_quirk_files(folder: str | Path, seed: int = 0) -> list[QuirkFile]:
     transparent_gif.info["transparency"] = 0
     rgba = picture(80, 80).convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize((80, 80)))
-    grey16 = Image.fromarray((np.asarray(picture(64, 48).convert("L"), np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(picture(64, 48).convert("L"), np.uint16) * 257)
     truncated = _encoded(picture(200, 150), "JPEG", quality=90)
     files = [
         (QuirkFile("quirk_cmyk.JPEG", "CMYK JPEG", True, (120, 90)),

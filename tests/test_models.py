@@ -1,4 +1,5 @@
-"""The four paper networks, both heads: Table 1 map sizes, fc6 input lengths, forward/backward, registry, golden outputs."""
+"""The four paper networks, both heads: Table 1 map sizes, fc6 input lengths, forward/backward, registry, golden
+outputs."""
 import json
 import os
 from pathlib import Path

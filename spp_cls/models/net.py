@@ -32,7 +32,8 @@ class WindowPool2d(nn.Module):
         pooled = self.pool(x)
         if pooled.shape[-2:] != (self.grid, self.grid):
             raise ValueError(
-                f"the no-SPP head pools a {x.shape[-2]}x{x.shape[-1]} conv map to {pooled.shape[-2]}x{pooled.shape[-1]},"
+                f"the no-SPP head pools a {x.shape[-2]}x{x.shape[-1]} conv map to "
+                f"{pooled.shape[-2]}x{pooled.shape[-1]},"
                 f" but fc6 needs {self.grid}x{self.grid}: a no-SPP network only takes its training size (224); "
                 "use the SPP head for other sizes"
             )

@@ -178,22 +178,22 @@ def create(backbone: str, head: Head = "spp", **options: Any) -> SppNet:
 # ---- timm registry -----------------------------------------------------------------------------------------------
 def _timm_cfg(cfg: SppModelCfg) -> dict[str, Any]:
     smallest = 224 if cfg.head == "nospp" else min_input_size(TRUNKS[cfg.backbone])
-    return dict(
-        input_size=(3, 224, 224),
-        min_input_size=(3, smallest, smallest),
-        fixed_input_size=cfg.head == "nospp",
-        num_classes=1000,
-        mean=TIMM_MEAN,
-        std=TIMM_STD,
-        interpolation="bilinear",
-        crop_pct=224 / 256,
-        first_conv="trunk.conv1",
-        classifier="fc8",
-        paper_name="Spatial Pyramid Pooling in Deep Convolutional Networks for Visual Recognition",
-        paper_ids="arXiv:1406.4729",
-        notes=tuple(f"{variant}: paper 10-view top-1/top-5 error {err.top1}/{err.top5}"
-                    for variant, err in cfg.paper_errors.items()),
-    )
+    return {
+        "input_size": (3, 224, 224),
+        "min_input_size": (3, smallest, smallest),
+        "fixed_input_size": cfg.head == "nospp",
+        "num_classes": 1000,
+        "mean": TIMM_MEAN,
+        "std": TIMM_STD,
+        "interpolation": "bilinear",
+        "crop_pct": 224 / 256,
+        "first_conv": "trunk.conv1",
+        "classifier": "fc8",
+        "paper_name": "Spatial Pyramid Pooling in Deep Convolutional Networks for Visual Recognition",
+        "paper_ids": "arXiv:1406.4729",
+        "notes": tuple(f"{variant}: paper 10-view top-1/top-5 error {err.top1}/{err.top5}"
+                       for variant, err in cfg.paper_errors.items()),
+    }
 
 
 default_cfgs = generate_default_cfgs({name: _timm_cfg(cfg) for name, cfg in MODEL_CFGS.items()})

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from spp_cls.protocol import RESULTS_FILE, RESULTS_KEYS, RESULTS_PATTERN, VARIANTS, top1_metric, top5_metric
+from spp_cls.protocol import (
+    RESULTS_FILE,
+    RESULTS_KEYS,
+    RESULTS_PATTERN,
+    VARIANTS,
+    top1_metric,
+    top5_metric,
+    variant_name,
+)
 
 
 class ResultsError(ValueError):
@@ -196,11 +204,23 @@ def _first(*values: Any) -> Any:
     return next((value for value in values if value is not None), None)
 
 
+def _config_variant(config: Mapping[str, Any]) -> str | None:
+    """The variant the logged config trained (`model.head` + `model.size_schedule`), None if it does not say."""
+    head, schedule = _config_value(config, "model.head"), _config_value(config, "model.size_schedule")
+    if head is None or schedule is None:
+        return None
+    try:
+        return variant_name(head, schedule)
+    except ValueError:
+        return None
+
+
 def result_from_wandb_run(run: WandbRunLike) -> RunResult:
     """Turn one wandb run into a RunResult; pure, so it is tested on a plain object.
 
-    Reads, first found wins: the results.json keys if the run logged them into its summary, then the LightningCLI
-    config (`model.backbone`, `model.variant`, `model.test_protocol`), then the run name `{backbone}-{variant}`.
+    Reads, first found wins: the results.json keys if the run logged them into its summary (the recorder does), then
+    the LightningCLI config (`model.backbone`, the variant of `model.head` + `model.size_schedule`, `data.test_views`),
+    then the run name `{backbone}-{variant}`.
     Errors come from `summary["test/top1_err"]` and `summary["test/top5_err"]` (else `top1_err` / `top5_err`).
 
     Raises:
@@ -211,11 +231,9 @@ def result_from_wandb_run(run: WandbRunLike) -> RunResult:
     name_backbone, _, name_variant = (run.name or "").rpartition("-")
     record: dict[str, Any] = {
         "backbone": _first(summary.get("backbone"), _config_value(config, "model.backbone"), name_backbone or None),
-        "variant": _first(summary.get("variant"), _config_value(config, "model.variant"), name_variant or None),
+        "variant": _first(summary.get("variant"), _config_variant(config), name_variant or None),
         "experiment": _first(summary.get("experiment"), run.group, "(no group)"),
-        "test_protocol": _first(
-            summary.get("test_protocol"), _config_value(config, "model.test_protocol"), config.get("test_protocol")
-        ),
+        "test_protocol": _first(summary.get("test_protocol"), _config_value(config, "data.test_views")),
         "top1_err": _first(summary.get(top1_metric("test")), summary.get("top1_err")),
         "top5_err": _first(summary.get(top5_metric("test")), summary.get("top5_err")),
     }

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spp_cls.paper import BACKBONE_TITLES, BACKBONES, PaperError, paper_error
-from spp_cls.protocol import BASELINE, SPP_RANDOM, TABLE_VARIANTS, VARIANTS
+from spp_cls.paper import BACKBONE_TITLES, BACKBONES, PROTOCOL_SOURCES, PaperError, paper_error
+from spp_cls.protocol import BASELINE, SPP_RANDOM, TABLE_VARIANTS, TEST_PROTOCOLS, VARIANTS
 from spp_cls.protocol import TABLE_PROTOCOL as TENVIEW
 from spp_cls.report.results import ResultsError, RunResult, check_unique_cells, collect, from_wandb
 
@@ -60,7 +60,8 @@ class Cell:
     def paper_gain(self, metric: str) -> float | None:
         if self.variant == BASELINE or self.paper is None or self.paper_base is None:
             return None
-        return getattr(self.paper_base, metric) - getattr(self.paper, metric)
+        base, err = getattr(self.paper_base, metric), getattr(self.paper, metric)
+        return None if base is None or err is None else base - err
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ def build_table(results: Iterable[RunResult], protocol: str = TENVIEW) -> Table:
             variant=variant,
             measured=shown.get((backbone, variant)),
             measured_base=shown.get((backbone, BASELINE)),
-            paper=paper_error(backbone, variant),
-            paper_base=paper_error(backbone, BASELINE),
+            paper=paper_error(backbone, variant, protocol),
+            paper_base=paper_error(backbone, BASELINE, protocol),
         )
         for variant in variants
         for backbone in backbones
@@ -125,10 +126,9 @@ def _backbone_title(backbone: str) -> str:
 def table_notes(table: Table) -> list[str]:
     """Warnings a reader of the table must see: a protocol other than the paper's, results left out."""
     notes = []
-    if table.protocol != TENVIEW:
+    if table.protocol not in PROTOCOL_SOURCES:
         notes.append(
-            f"The measured cells use the test protocol '{table.protocol}', the paper's Table 2 the standard 10-view "
-            f"test ('{TENVIEW}'): the two are not like for like."
+            f"The paper reports no errors under the test protocol '{table.protocol}': its column is empty."
         )
     by_protocol: dict[str, list[str]] = {}
     for result in table.other_protocols:
@@ -156,10 +156,10 @@ def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> st
     shown = [cell.measured for cell in table.cells.values() if cell.measured is not None]
     experiments = ", ".join(sorted({result.experiment for result in shown}))
     lines = [
-        "## ImageNet error (%): measured beside the SPP-net paper's Table 2",
+        "## ImageNet error (%): measured beside the SPP-net paper",
         "",
         f"Measured: test protocol `{table.protocol}`" + (f", experiment {experiments}" if shown else ", no runs")
-        + ". Paper: He et al., TPAMI 2015, Table 2, standard 10-view test.",
+        + f". Paper: He et al., TPAMI 2015, {PROTOCOL_SOURCES.get(table.protocol, 'no numbers for this protocol')}.",
         f"In parentheses: gain over (a) no SPP of the same backbone (error of (a) minus error of the row; positive "
         f"is better). {MISSING}: no run, or not in the paper; ({MISSING}): no (a) run to take the gain from.",
     ]
@@ -269,8 +269,8 @@ def plot(results: Iterable[RunResult], path: str | Path, protocol: str = TENVIEW
         axis.set_ylabel(metric_title)
         axis.grid(axis="y", alpha=0.3)
         axis.legend(handles=legend, loc="upper right", fontsize=8, ncols=len(legend))
-    tested = "10-view" if table.protocol == TENVIEW else f"'{table.protocol}' (paper: 10-view, not like for like)"
-    figure.suptitle(f"Measured (solid) vs the SPP-net paper's Table 2 (hatched); measured protocol {tested}")
+    source = PROTOCOL_SOURCES.get(table.protocol, "no numbers for this protocol").split(" (")[0]
+    figure.suptitle(f"Measured (solid) vs the SPP-net paper (hatched); protocol '{table.protocol}', paper {source}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
@@ -287,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="markdown table or one csv row per cell")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also save a bar chart, measured vs paper")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from wandb instead (needs a login)")
-    parser.add_argument("--protocol", default=TENVIEW,
+    parser.add_argument("--protocol", default=TENVIEW, choices=TEST_PROTOCOLS,
                         help=f"test protocol to tabulate (default {TENVIEW}, the paper's 10-view)")
     return parser
 

@@ -29,7 +29,7 @@ SUMMARY_COLUMNS = ("epoch", "train_size", "lr", "train_loss", "val_top1_err", "v
 def git_commit() -> str | None:
     """The commit of the code that ran, or None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False,
                              cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
