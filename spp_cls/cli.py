@@ -10,16 +10,10 @@
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 USAGE = __doc__ or ""
@@ -78,6 +72,12 @@ def _models(argv: list[str]) -> int:
     return 0
 
 
+def _lightning(argv: list[str]) -> int:
+    from .train.lightning_cli import run_lightning
+
+    return run_lightning(argv)
+
+
 def _demo(argv: list[str]) -> int:
     from .demo import main as demo_main
 
@@ -111,212 +111,3 @@ def _run_dir(argv: list[str]) -> int:
     return 0
 
 
-def _lightning(argv: list[str]) -> int:
-    from .train import requeue_signal
-
-    if requeue_signal.under_slurm():
-        requeue_signal.listen()  # before the seconds of imports and set-up, in which SIGUSR1 would kill the task
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    try:
-        build_cli(argv)
-    except SIGTERMException:
-        # Lightning stops cleanly on SIGTERM but would exit 0: a `fit && test` script must not test a half-trained run
-        print("spp-cls: stopped by SIGTERM; run the same command again to resume", file=sys.stderr)
-        return 143
-    finally:
-        _finish_wandb_run()
-    return 0
-
-
-def _finish_wandb_run() -> None:
-    """Close this process's wandb run, so a later run in the same process (the demo, tests) starts its own."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
-
-
-# ---- LightningCLI ------------------------------------------------------------------------------------------------
-def build_cli(argv: list[str], run: bool = True) -> Any:
-    """Parse `fit|validate|test` arguments and run them (imports Lightning only here: it takes seconds)."""
-    from pytorch_lightning.cli import LightningCLI
-
-    from .data.stream.datamodule import ShardDataModule
-    from .train.module import SppClassifier
-
-    cli_class = _cli_class(LightningCLI)
-    return cli_class(
-        SppClassifier,
-        ShardDataModule,
-        args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given the process's own argv
-        run=run,
-        save_config_callback=_save_config_class(),
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults=TRAINER_DEFAULTS,
-        auto_configure_optimizers=False,
-    )
-
-
-PROGRESS_BAR_REFRESH_STEPS = 50
-"""Training steps between progress-bar refreshes on a GPU (as log_every_n_steps), unless trainer.callbacks has one."""
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "max_epochs": 90,
-    # the datamodule builds each epoch's train stream for that epoch (shard order keyed on (seed, epoch))
-    "reload_dataloaders_every_n_epochs": 1,
-    # the datamodule splits shards over ranks itself; a DistributedSampler cannot wrap an iterable dataset
-    "use_distributed_sampler": False,
-    "num_sanity_val_steps": 0,
-    "benchmark": True,  # cuDNN autotuning; off when trainer.deterministic is true
-    "log_every_n_steps": 50,
-}
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of what defines the experiment: the model and data sections of the resolved config."""
-    relevant = {key: config.get(key) for key in ("model", "data")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def wandb_offline() -> bool:
-    """Offline unless the user is logged in (an API key in the environment or in ~/.netrc) or sets WANDB_MODE."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"] in ("offline", "dryrun")
-    if os.environ.get("WANDB_API_KEY"):
-        return False
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    host = os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1].split("/")[0]
-    return not (netrc.is_file() and host in netrc.read_text(errors="ignore"))
-
-
-def _save_config_class() -> type:
-    from pytorch_lightning.cli import SaveConfigCallback
-    from pytorch_lightning.loggers import WandbLogger
-
-    class SaveConfigToRunAndWandb(SaveConfigCallback):
-        """Writes config.yaml into the run directory and uploads the whole resolved config to wandb."""
-
-        def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
-
-    return SaveConfigToRunAndWandb
-
-
-def _cli_class(base: type) -> type:
-    import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
-    from pytorch_lightning.loggers import WandbLogger
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
-    from pytorch_lightning.utilities import rank_zero_info
-
-    from .protocol import MONITOR
-    from .train.recorder import RunRecorder
-    from .train.requeue import SlurmRequeue
-    from .train.rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
-
-    class SppCLI(base):  # type: ignore[misc, valid-type]
-        def parse_arguments(self, parser: Any, args: Any) -> None:
-            """As LightningCLI, but a bad option or config key is one `error:` line, not the whole usage text."""
-            captured = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(captured):
-                    super().parse_arguments(parser, args)
-            except SystemExit as exit_:
-                errors = [line for line in captured.getvalue().splitlines() if line.startswith("error:")]
-                sys.stderr.write(f"spp-cls: {errors[-1]}\n" if exit_.code and errors else captured.getvalue())
-                raise
-            sys.stderr.write(captured.getvalue())
-
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_argument("--experiment", default="default",
-                                help="experiment name: the wandb group and the folder under runs_dir")
-            parser.add_argument("--runs_dir", default="runs", help="where run directories are made")
-            parser.add_argument("--wandb", type=bool, default=True,
-                                help="log to wandb (offline unless logged in or WANDB_MODE says otherwise)")
-            parser.link_arguments("data", "model.num_classes", compute_fn=lambda data: data.num_classes,
-                                  apply_on="instantiate")
-            parser.link_arguments("data", "model.pixel_statistics", compute_fn=lambda data: data.pixel_statistics,
-                                  apply_on="instantiate")
-
-        @property
-        def run_config(self) -> Any:
-            return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
-
-        @property
-        def run_dir(self) -> Path:
-            return run_dir(self.run_config.runs_dir, self.run_config.experiment, self.model.run_name)
-
-        def instantiate_trainer(self, **kwargs: Any) -> Any:
-            directory = self.run_dir
-            directory.mkdir(parents=True, exist_ok=True)
-            config = self.run_config.as_dict()
-            trainer_config = config.get("trainer", {})
-            callbacks = [
-                # The epoch's summary.csv row is written before its checkpoints (Lightning keeps the order of
-                # checkpoint-like callbacks): a run stopped between the two then repeats that epoch and replaces its
-                # row, where the other order would resume past an epoch whose row was never written.
-                RunRecorder(directory, self.run_config.experiment, config_hash(config)),
-                # best.ckpt by val top-1 error, and last.ckpt after every epoch (the file `fit` resumes from)
-                ModelCheckpoint(dirpath=directory, filename="best", monitor=MONITOR, mode="min", save_top_k=1,
-                                auto_insert_metric_name=False, enable_version_counter=False,
-                                save_on_train_epoch_end=True),
-                ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False,
-                                save_on_train_epoch_end=True),
-            ]
-            kwargs["default_root_dir"] = str(directory)
-            # the run directory holds the checkpoints beside the run's other files by design, and `fit` resumes from it
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty",
-                                    category=UserWarning)
-            if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):
-                # cuDNN autotuning (on by default here) picks kernels by timing, so it would undo the determinism asked
-                kwargs["benchmark"] = False
-            if SLURMEnvironment.detect():
-                if not trainer_config.get("plugins"):
-                    kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]  # its requeue can hang DDP
-                callbacks.append(SlurmRequeue())  # SIGUSR1 in fit, validate or test requeues the job
-            if not self.run_config.wandb and trainer_config.get("logger") in (None, True):
-                kwargs["logger"] = False  # no wandb asked for: no default logger folders in the run directory either
-            elif self.run_config.wandb and trainer_config.get("logger") in (None, True):
-                hp = self.model.hparams
-                kwargs["logger"] = WandbLogger(
-                    project="spp-cls",
-                    group=self.run_config.experiment,
-                    name=self.model.run_name,
-                    id=wandb_run_id(directory),
-                    resume="allow",
-                    save_dir=str(directory),
-                    offline=wandb_offline(),
-                    tags=[hp.backbone, self.model.variant, self.run_config.experiment],
-                    job_type=self.subcommand,
-                )
-            extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-            extra = extra if isinstance(extra, list) else [extra]
-            on_accelerator = trainer_config.get("accelerator") != "cpu" and torch.cuda.is_available()
-            if on_accelerator and trainer_config.get("enable_progress_bar") is not False and not any(
-                    isinstance(callback, ProgressBar) for callback in extra):
-                # Each refresh of the bar reads the logged loss with .item(): a device sync that keeps the CPU from
-                # queuing the next step while the GPU works. Lightning's default refreshes every step (kept on CPU).
-                callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
-            kwargs["callbacks"] = [*extra, *callbacks]
-            return super().instantiate_trainer(**kwargs)
-
-        def fit(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            path = named_checkpoint(self.run_dir, ckpt_path) if ckpt_path else resume_checkpoint(self.run_dir)
-            rank_zero_info(f"spp-cls: run directory {self.run_dir}; " +
-                           (f"resuming from {path}" if path else "starting fresh"))
-            self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)
-
-        def validate(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._eval_checkpoint(ckpt_path), **kwargs)
-
-        def test(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            self.trainer.test(model, datamodule=datamodule, ckpt_path=self._eval_checkpoint(ckpt_path), **kwargs)
-
-        def _eval_checkpoint(self, ckpt_path: str | None) -> Path:
-            path = named_checkpoint(self.run_dir, ckpt_path or "last")
-            assert path is not None
-            rank_zero_info(f"spp-cls: evaluating {path}")
-            return path
-
-    return SppCLI

@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if not CONFIG.is_file():
         print(f"spp-cls demo: error: {CONFIG} is missing; run the demo from a checkout of spp-cls", file=sys.stderr)
         return 2
-    from .cli import main as cli_main
     from .data.shards.convert import convert
     from .data.synthetic import make_imagenet_folder
     from .report.results import collect
     from .report.table import format_markdown
+    from .train.lightning_cli import run_lightning
 
     started = time.perf_counter()
     images, shards, runs = args.out / "imagenet", args.out / "shards", args.out / "runs"
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[3/4] ({number}/{len(variants)}) ZF-5 {variant}: fit {args.epochs} epochs, then the 10-view test",
               flush=True)
         for command in ("fit", "test"):
-            code = cli_main([command, *run_args])
+            code = run_lightning([command, *run_args])
             if code != 0:
                 return code
 

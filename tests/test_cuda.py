@@ -17,10 +17,11 @@ import torch
 from helpers import cpu_args, crop_of, noise_jpeg, with_bogus_huffman_table
 
 from spp_cls.bench.data import synthetic_shards
-from spp_cls.cli import PROGRESS_BAR_REFRESH_STEPS, build_cli, main
+from spp_cls.cli import main
 from spp_cls.data.stream.datamodule import ShardDataModule
 from spp_cls.data.stream.device_decode import JpegBatch, collate_jpegs, decode_train_batch
 from spp_cls.models import create
+from spp_cls.train.lightning_cli import PROGRESS_BAR_REFRESH_STEPS, build_cli
 
 pytestmark = [
     pytest.mark.cuda,

@@ -11,7 +11,8 @@ import torch
 from helpers import cpu_args, offline_run_ids
 from pytorch_lightning import Callback
 
-from spp_cls.cli import build_cli, main
+from spp_cls.cli import main
+from spp_cls.train.lightning_cli import build_cli
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"
