@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from spp_cls.protocol import RESULTS_FILE, RESULTS_KEYS, RESULTS_PATTERN, VARIANTS, top1_metric, top5_metric
+from spp_cls.protocol import (
+    DASHBOARD_JOB_TYPE,
+    RESULTS_FILE,
+    RESULTS_KEYS,
+    RESULTS_PATTERN,
+    VARIANTS,
+    top1_metric,
+    top5_metric,
+)
 
 
 class ResultsError(ValueError):
@@ -247,6 +255,8 @@ def from_wandb(entity_project: str, skipped: list[str] | None = None) -> list[Ru
     results = []
     try:
         for run in wandb.Api().runs(entity_project):
+            if run.job_type == DASHBOARD_JOB_TYPE:
+                continue  # the figure run of `spp-cls dashboard`: it holds no result, so it is no skipped run either
             try:
                 results.append(result_from_wandb_run(run))
             except ResultsError as err:
