@@ -49,7 +49,7 @@ API_TIMEOUT_S = 10
 """How long a wandb request may take before the command gives up: without a network, wandb retries for minutes."""
 FIGURE_KEY = "table/figure"
 FIGURE_RUN_NAME = "table-figure"
-LOGIN_HINT = "run `wandb login` (this command needs the wandb server)"
+LOGIN_HINT = "run `wandb login` (the report is saved on the wandb server, so this needs a network)"
 MISSING = "—"
 WANDB_ERRORS = (wandb.errors.Error, ValueError, OSError)
 """What wandb's client raises for a missing login, an unreachable server or an unknown project (requests' errors
@@ -114,7 +114,8 @@ def _number(value: Any) -> float | None:
 
 
 def group_run_from_wandb(run: Any) -> GroupRun:
-    """One `wandb.apis.public.Run` as a GroupRun: the result if it was tested (as `spp-cls table --wandb` reads it)."""
+    """One wandb run (a `wandb.apis.public.Run`, or a live `wandb.Run`) as a GroupRun: its last logged val errors,
+    and its result if it was tested, read as `spp-cls table --wandb` reads it."""
     try:
         result: RunResult | None = result_from_wandb_run(run)
     except ResultsError:
@@ -124,8 +125,9 @@ def group_run_from_wandb(run: Any) -> GroupRun:
     epochs = result.epochs if result is not None and result.epochs is not None else (
         None if last_epoch is None else int(last_epoch) + 1)
     return GroupRun(
-        name=run.name or run.id, group=run.group, job_type=run.job_type, state=run.state, epochs=epochs,
-        val_top1_err=_number(summary.get(VAL_METRICS[0])), val_top5_err=_number(summary.get(VAL_METRICS[1])),
+        name=run.name or run.id, group=run.group, job_type=run.job_type,
+        state=getattr(run, "state", None),  # a run of the public API has one; a live `wandb.Run` does not
+        epochs=epochs, val_top1_err=_number(summary.get(VAL_METRICS[0])), val_top5_err=_number(summary.get(VAL_METRICS[1])),
         result=result,
     )
 
@@ -243,10 +245,10 @@ def figure_grid(entity: str, project: str, group: str) -> wr.PanelGrid:
     )
 
 
-def _format(value: float | str | None, spec: str = ".2f") -> str:
+def _format(value: float | str | None) -> str:
     if value is None:
         return MISSING
-    return format(value, spec) if isinstance(value, float) else str(value)
+    return f"{round(value, 2) + 0.0:.2f}" if isinstance(value, float) else str(value)  # + 0.0: no "-0.00"
 
 
 def runs_table_markdown(runs: Sequence[GroupRun]) -> str:
@@ -340,12 +342,11 @@ def connect(timeout_s: float = API_TIMEOUT_S) -> Any:
     """
     mode = os.environ.get("WANDB_MODE", "")
     if mode in ("offline", "dryrun", "disabled"):
-        raise DashboardError(f"WANDB_MODE={mode}: the dashboard is built on the wandb server; unset WANDB_MODE and "
-                             f"{LOGIN_HINT}")
+        raise DashboardError(f"WANDB_MODE={mode} keeps wandb offline: unset it and {LOGIN_HINT}")
     try:
         return wandb.Api(timeout=timeout_s)  # checks the API key against the server
     except WANDB_ERRORS as err:
-        raise DashboardError(f"cannot use wandb ({_one_line(err)}); {LOGIN_HINT}") from err
+        raise DashboardError(f"cannot reach wandb ({_one_line(err)}): {LOGIN_HINT}") from err
 
 
 def _one_line(err: BaseException) -> str:

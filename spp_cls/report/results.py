@@ -230,7 +230,8 @@ def result_from_wandb_run(run: WandbRunLike) -> RunResult:
     absent = [key for key, value in record.items() if value is None]
     if absent:
         raise ResultsError(f"{source}: no {', '.join(absent)} (not tested yet, or not logged)")
-    record.update({key: summary[key] for key in RESULTS_KEYS if key not in record and key in summary})
+    # .get only: a live wandb.Run's summary (read by the dashboard's tests) answers neither `in` nor iteration
+    record.update({key: value for key in RESULTS_KEYS if key not in record and (value := summary.get(key)) is not None})
     return RunResult(source=source, **{key: _check(key, value, source) for key, value in record.items()})
 
 
