@@ -127,8 +127,8 @@ def group_run_from_wandb(run: Any) -> GroupRun:
     return GroupRun(
         name=run.name or run.id, group=run.group, job_type=run.job_type,
         state=getattr(run, "state", None),  # a run of the public API has one; a live `wandb.Run` does not
-        epochs=epochs, val_top1_err=_number(summary.get(VAL_METRICS[0])), val_top5_err=_number(summary.get(VAL_METRICS[1])),
-        result=result,
+        epochs=epochs, val_top1_err=_number(summary.get(VAL_METRICS[0])),
+        val_top5_err=_number(summary.get(VAL_METRICS[1])), result=result,
     )
 
 
@@ -222,8 +222,8 @@ def training_grid(entity: str, project: str, group: str, backbones: Sequence[str
     over the group's runs; its runs table shows each run's final errors (live, unlike the table below)."""
     names = [name for backbone in backbones for name in backbone_run_names(backbone)]
     columns = [f"summary:{key}" for key in (*VAL_METRICS, *TEST_METRICS, "epochs", TRAIN_IMAGES_PER_S)]
-    curves = [wr.LinePlot(title=f"{key} vs epoch", x=EPOCH, y=[key], log_y=key == LR or None, title_x=EPOCH,
-                          title_y=key, layout=wr.Layout(x=8 * i, y=0, w=8, h=6))
+    curves = [wr.LinePlot(title=f"{key} vs epoch", x=EPOCH, y=[key], log_y=True if key == LR else None,
+                          title_x=EPOCH, title_y=key, layout=wr.Layout(x=8 * i, y=0, w=8, h=6))
               for i, key in enumerate(TRAINING_CURVES)]
     per_run = wr.BarPlot(title=f"{TRAIN_IMAGES_PER_S} per run (last epoch)", metrics=[TRAIN_IMAGES_PER_S],
                          layout=wr.Layout(x=0, y=6, w=24, h=8))
@@ -391,7 +391,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--entity", required=True, help="wandb entity (user or team) that owns the project")
     parser.add_argument("--project", default=WANDB_PROJECT, help=f"wandb project (default {WANDB_PROJECT})")
-    parser.add_argument("--group", default=DEFAULT_GROUP, help=f"the experiment's wandb group (default {DEFAULT_GROUP})")
+    parser.add_argument("--group", default=DEFAULT_GROUP,
+                        help=f"the experiment's wandb group (default {DEFAULT_GROUP})")
     parser.add_argument("--results", nargs="+", metavar="DIR", help="list the runs from the results files under "
                         "these run directories instead of from wandb (a preview before `wandb sync`)")
     parser.add_argument("--dry-run", action="store_true", help="print what the report holds; upload and save nothing")
@@ -413,18 +414,17 @@ def _run(args: argparse.Namespace) -> str:
     for line in left_out:
         print(f"spp-cls dashboard: note: {line}", file=sys.stderr)
     results = [run.result for run in shown if run.result is not None]
+    report = build_report(args.entity, args.project, args.group, shown, figure=bool(results))
     if args.dry_run:
-        report = build_report(args.entity, args.project, args.group, shown, figure=bool(results))
         return describe(report) + "(dry run: nothing uploaded or saved)\n"
     with tempfile.TemporaryDirectory(prefix="spp-cls-dashboard-") as scratch:
-        if results:
-            png = plot(results, Path(scratch) / "table.png")
-            upload_figure(png, args.entity, args.project, args.group, Path(scratch))
-        report = build_report(args.entity, args.project, args.group, shown, figure=bool(results))
         try:
+            if results:
+                png = plot(results, Path(scratch) / "table.png")
+                upload_figure(png, args.entity, args.project, args.group, Path(scratch))
             return save_report(api, report) + "\n"
         except WANDB_ERRORS as err:
-            raise DashboardError(f"cannot save the report: {_one_line(err)}") from err
+            raise DashboardError(f"cannot upload the figure or save the report: {_one_line(err)}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
