@@ -6,6 +6,7 @@ objects; `save_report` and `runs_from_wandb` themselves are not.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -148,6 +149,27 @@ def test_training_curves_runs_columns_and_figure_read_the_protocol_names(table1:
     assert "Table 2: measured vs paper" not in grids(without)
     paragraphs = [str(block.text) for block in without.blocks if isinstance(block, wr.P)]
     assert any("No run has a test result yet" in text for text in paragraphs)
+
+
+def test_the_whole_report_serialises_to_the_spec_a_save_sends(table1: Path) -> None:
+    """The library's own serialisation of every block (entity and project left empty: with them, each runset would
+    look its project's id up on the server first)."""
+    runs, _ = select_group(runs_from_results([table1]), "table1", "test")
+    model = build_report("", "", "table1", runs, figure=True)._to_model()
+    spec = json.loads(model.spec.model_dump_json(by_alias=True, exclude_none=True))
+    assert model.display_name == dashboard.report_title("table1")
+    panel_grids = [block for block in spec["blocks"] if block["type"] == "panel-grid"]
+    assert len(panel_grids) == len(paper.BACKBONES) + 2  # one per backbone, training, figure
+    zf5 = panel_grids[0]["metadata"]
+    leaves = {(leaf["key"]["name"], leaf["op"]): leaf["value"] for leaf in zf5["runSets"][0]["filters"]["filters"]}
+    assert leaves == {("group", "="): "table1", ("displayName", "IN"): [f"zf5-{variant}" for variant in VARIANTS]}
+    panels = zf5["panelBankSectionConfig"]["panels"]
+    assert [(panel["config"]["xAxis"], panel["config"]["metrics"]) for panel in panels] == [
+        (EPOCH, [top1_metric("val")]), (EPOCH, [top5_metric("val")])]
+    figure = panel_grids[-1]["metadata"]["panelBankSectionConfig"]["panels"]
+    assert [panel["config"]["mediaKeys"] for panel in figure] == [[FIGURE_KEY]]
+    markdown = [block["content"] for block in spec["blocks"] if block["type"] == "markdown-block"]
+    assert any(text.startswith("| backbone | variant |") for text in markdown)
 
 
 def markdown_rows(text: str) -> dict[tuple[str, str], dict[str, str]]:
