@@ -3,6 +3,7 @@
     spp-cls fit|validate|test --config FILE [overrides]   LightningCLI over SppClassifier + ShardDataModule
     spp-cls shards ...                                    ImageNet folder -> webdataset shards
     spp-cls table RUN_DIR...                              the paper's Table 2 from results.json files
+    spp-cls dashboard --entity ENTITY [--group table1]    the wandb report that compares the cells (needs a login)
     spp-cls models                                        the registered networks and their paper targets
     spp-cls demo                                          the whole path on synthetic data, on the CPU
     spp-cls bench                                         throughput of models, data path and harness
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         **dict.fromkeys(LIGHTNING_COMMANDS, _lightning),
         "shards": _shards,
         "table": _table,
+        "dashboard": _dashboard,
         "models": _models,
         "demo": _demo,
         "bench": _bench,
@@ -60,6 +62,18 @@ def _table(argv: list[str]) -> int:
     from .report.table import main as table_main
 
     return table_main(argv)
+
+
+def _dashboard(argv: list[str]) -> int:
+    try:
+        from .report.dashboard import main as dashboard_main
+    except ModuleNotFoundError as missing:
+        if missing.name != "wandb_workspaces":
+            raise
+        print(f"spp-cls dashboard: error: {missing.name} is not installed: pip install 'spp-cls[dashboard]'",
+              file=sys.stderr)
+        return 2
+    return dashboard_main(argv)
 
 
 def _models(argv: list[str]) -> int:

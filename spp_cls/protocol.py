@@ -54,6 +54,12 @@ def run_name(backbone: str, variant: str) -> str:
     return f"{backbone}-{variant}"
 
 
+def split_run_name(name: str) -> tuple[str, str] | None:
+    """(backbone, variant) of a run name `{backbone}-{variant}`, or None for a name of another form."""
+    backbone, _, variant = name.rpartition("-")  # variant names hold no '-'; backbone names (timm) may
+    return (backbone, variant) if backbone and variant in VARIANTS else None
+
+
 # What a model section that names none of them trains (SppClassifier's defaults).
 DEFAULT_BACKBONE = "zf5"
 DEFAULT_HEAD: Literal["nospp", "spp"] = "spp"
@@ -127,3 +133,11 @@ RESULTS_KEYS: tuple[str, ...] = (
 def results_filename(protocol: str) -> str:
     """results.json for the paper's 10-view test; results_<protocol>.json for the others, so none overwrites it."""
     return RESULTS_FILE if protocol == TABLE_PROTOCOL else f"results_{protocol}.json"
+
+
+# ---- wandb: where runs log, and what the dashboard adds beside them ---------------------------------------------
+WANDB_PROJECT = "spp-cls"
+EPOCH = "epoch"
+"""The x-axis of the per-epoch curves: Lightning adds the epoch to every row it logs."""
+DASHBOARD_JOB_TYPE = "dashboard"
+"""The job type of the run `spp-cls dashboard` uploads the table figure with; it holds no result of its own."""

@@ -2,7 +2,9 @@
 offline run folders. Test files import from here, never from each other."""
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 import random
 import signal
@@ -37,6 +39,50 @@ def cpu_args(shards: Path, runs: Path, *extra: str) -> list[str]:
         "--model.reference_batch", "8", "--model.lr", "0.005",
         "--data.batch_size", "8", "--data.num_workers", "0", "--data.eval_workers", "0", *extra,
     ]
+
+
+def read_summary(run: Path) -> list[dict[str, str]]:
+    with (run / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+# ---- results files --------------------------------------------------------------------------------------------
+# Measured errors (top-1, top-5) chosen for the tests; not the paper's. Gains come out as round numbers, and
+# Overfeat-7 (c) is worse than its no-SPP run, so its gain is negative.
+MEASURED: dict[tuple[str, str], tuple[float, float]] = {
+    ("zf5", "nospp"): (36.10, 14.90),
+    ("zf5", "spp_single"): (35.00, 14.20),
+    ("zf5", "spp_multi"): (34.50, 13.70),
+    ("convnet5", "nospp"): (35.20, 14.00),
+    ("convnet5", "spp_single"): (34.70, 13.80),
+    ("convnet5", "spp_multi"): (34.20, 13.50),
+    ("overfeat5", "nospp"): (34.40, 13.60),
+    ("overfeat5", "spp_single"): (33.10, 12.90),
+    ("overfeat5", "spp_multi"): (32.40, 12.40),
+    ("overfeat7", "nospp"): (32.30, 12.00),
+    ("overfeat7", "spp_single"): (30.50, 11.20),
+    ("overfeat7", "spp_multi"): (32.80, 12.10),
+    ("overfeat7", "spp_random"): (30.20, 11.00),
+}
+
+
+def write_result(root: Path, backbone: str, variant: str, top1: float, top5: float, **overrides) -> Path:
+    """A results.json as the training code writes it, in runs/<experiment>/<backbone>-<variant>/."""
+    record = {
+        "backbone": backbone, "variant": variant, "experiment": "table1", "test_protocol": "tenview",
+        "top1_err": top1, "top5_err": top5, "num_test_images": 50000, "epochs": 70, "train_images_per_s": 1234.5,
+        "wall_time_s": 7200.0, "git_commit": "0123456789abcdef", "config_hash": "ab" * 32,
+        "finished_at": "2025-06-01T12:00:00+00:00", "logger_version": 3,  # an extra key, tolerated
+    }
+    record.update(overrides)
+    run_dir = root / record["experiment"] / f"{backbone}-{variant}"
+    if record["test_protocol"] != "tenview":
+        run_dir = run_dir / record["test_protocol"]
+    run_dir.mkdir(parents=True)
+    record.setdefault("run_dir", str(run_dir))
+    path = run_dir / "results.json"
+    path.write_text(json.dumps(record, indent=2))
+    return path
 
 
 # ---- processes --------------------------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
 """`spp-cls fit|test` end to end on real shards, in process: run directory, summary, resume, results, bad input."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import cpu_args, offline_run_ids
+from helpers import cpu_args, offline_run_ids, read_summary
 from pytorch_lightning import Callback
 
 from spp_cls.cli import main
@@ -16,11 +15,6 @@ from spp_cls.train.lightning_cli import build_cli
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"
-
-
-def read_summary(run: Path) -> list[dict[str, str]]:
-    with (run / "summary.csv").open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_fit_writes_the_run_directory_and_resume_equals_an_uninterrupted_run(demo_shards, tmp_path, monkeypatch):

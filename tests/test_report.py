@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,49 +10,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import MEASURED, write_result
 from PIL import Image
 
 from spp_cls import paper
 from spp_cls.protocol import VARIANTS
 from spp_cls.report import table
 from spp_cls.report.results import ResultsError, collect, load_result, result_from_wandb_run
-
-# Measured errors (top-1, top-5) chosen for the tests; not the paper's. Gains come out as round numbers, and
-# Overfeat-7 (c) is worse than its no-SPP run, so its gain is negative.
-MEASURED: dict[tuple[str, str], tuple[float, float]] = {
-    ("zf5", "nospp"): (36.10, 14.90),
-    ("zf5", "spp_single"): (35.00, 14.20),
-    ("zf5", "spp_multi"): (34.50, 13.70),
-    ("convnet5", "nospp"): (35.20, 14.00),
-    ("convnet5", "spp_single"): (34.70, 13.80),
-    ("convnet5", "spp_multi"): (34.20, 13.50),
-    ("overfeat5", "nospp"): (34.40, 13.60),
-    ("overfeat5", "spp_single"): (33.10, 12.90),
-    ("overfeat5", "spp_multi"): (32.40, 12.40),
-    ("overfeat7", "nospp"): (32.30, 12.00),
-    ("overfeat7", "spp_single"): (30.50, 11.20),
-    ("overfeat7", "spp_multi"): (32.80, 12.10),
-    ("overfeat7", "spp_random"): (30.20, 11.00),
-}
-
-
-def write_result(root: Path, backbone: str, variant: str, top1: float, top5: float, **overrides) -> Path:
-    """A results.json as the training code writes it, in runs/<experiment>/<backbone>-<variant>/."""
-    record = {
-        "backbone": backbone, "variant": variant, "experiment": "table1", "test_protocol": "tenview",
-        "top1_err": top1, "top5_err": top5, "num_test_images": 50000, "epochs": 70, "train_images_per_s": 1234.5,
-        "wall_time_s": 7200.0, "git_commit": "0123456789abcdef", "config_hash": "ab" * 32,
-        "finished_at": "2025-06-01T12:00:00+00:00", "logger_version": 3,  # an extra key, tolerated
-    }
-    record.update(overrides)
-    run_dir = root / record["experiment"] / f"{backbone}-{variant}"
-    if record["test_protocol"] != "tenview":
-        run_dir = run_dir / record["test_protocol"]
-    run_dir.mkdir(parents=True)
-    record.setdefault("run_dir", str(run_dir))
-    path = run_dir / "results.json"
-    path.write_text(json.dumps(record, indent=2))
-    return path
 
 
 @pytest.fixture()

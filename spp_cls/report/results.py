@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from spp_cls.protocol import (
+    DASHBOARD_JOB_TYPE,
     RESULTS_FILE,
     RESULTS_KEYS,
     RESULTS_PATTERN,
@@ -240,7 +241,8 @@ def result_from_wandb_run(run: WandbRunLike) -> RunResult:
     absent = [key for key, value in record.items() if value is None]
     if absent:
         raise ResultsError(f"{source}: no {', '.join(absent)} (not tested yet, or not logged)")
-    record.update({key: summary[key] for key in RESULTS_KEYS if key not in record and key in summary})
+    # .get only: a live wandb.Run's summary (read by the dashboard's tests) answers neither `in` nor iteration
+    record.update({key: value for key in RESULTS_KEYS if key not in record and (value := summary.get(key)) is not None})
     return RunResult(source=source, **{key: _check(key, value, source) for key, value in record.items()})
 
 
@@ -265,6 +267,8 @@ def from_wandb(entity_project: str, skipped: list[str] | None = None) -> list[Ru
     results = []
     try:
         for run in wandb.Api().runs(entity_project):
+            if run.job_type == DASHBOARD_JOB_TYPE:
+                continue  # the figure run of `spp-cls dashboard`: it holds no result, so it is no skipped run either
             try:
                 results.append(result_from_wandb_run(run))
             except ResultsError as err:

@@ -116,7 +116,7 @@ def _cli_class(base: type) -> type:
     from pytorch_lightning.plugins.environments import SLURMEnvironment
     from pytorch_lightning.utilities import rank_zero_info
 
-    from ..protocol import MONITOR
+    from ..protocol import MONITOR, WANDB_PROJECT
     from .recorder import RunRecorder
     from .requeue import SlurmRequeue
     from .rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
@@ -186,7 +186,7 @@ def _cli_class(base: type) -> type:
             elif self.run_config.wandb and trainer_config.get("logger") in (None, True):
                 hp = self.model.hparams
                 kwargs["logger"] = WandbLogger(
-                    project="spp-cls",
+                    project=WANDB_PROJECT,
                     group=self.run_config.experiment,
                     name=self.model.run_name,
                     id=wandb_run_id(directory),
