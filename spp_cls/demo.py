@@ -7,6 +7,7 @@ the table. Every step is the one a real run takes; only the data and the recipe 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -25,6 +26,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--val-per-class", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2, help="processes for the shards and loader workers")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything Lightning and wandb print (as SPP_CLS_VERBOSE=1)")
     parser.add_argument("--variants", default=",".join(TABLE_VARIANTS),
                         help="comma-separated subset of " + ", ".join(TABLE_VARIANTS))
     return parser.parse_args(argv)
@@ -45,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data.synthetic import make_imagenet_folder
     from .report.results import collect
     from .report.table import format_markdown
+    from .train.console import VERBOSE_VARIABLE
     from .train.lightning_cli import run_lightning
 
+    if args.verbose:
+        os.environ[VERBOSE_VARIABLE] = "1"
     started = time.perf_counter()
     images, shards, runs = args.out / "imagenet", args.out / "shards", args.out / "runs"
     settings = f"{args.classes} classes, {args.train_per_class} train + {args.val_per_class} val images each"

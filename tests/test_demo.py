@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from spp_cls.cli import main
 from spp_cls.data.stream.datamodule import ShardDataModule
 from spp_cls.data.stream.views import ten_views
 from spp_cls.train.module import SppClassifier
@@ -18,12 +20,29 @@ CLASSES = 5
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo run as a user runs it, in its own process; what it printed is kept in `output.txt`."""
     out = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WANDB_MODE", "offline")
-        assert main(["demo", "--out", str(out), "--classes", str(CLASSES), "--train-per-class", "60",
-                     "--val-per-class", "10", "--epochs", "6"]) == 0
-    return out
+    command = [sys.executable, "-m", "spp_cls", "demo", "--out", str(out / "demo"), "--classes", str(CLASSES),
+               "--train-per-class", "60", "--val-per-class", "10", "--epochs", "6"]
+    env = {key: value for key, value in os.environ.items() if key not in ("WANDB_SILENT", "SPP_CLS_VERBOSE")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False,
+                          env={**env, "WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / "demo" / "output.txt").write_text(done.stdout + done.stderr)
+    return out / "demo"
+
+
+def test_demo_prints_the_cells_their_results_and_the_table_and_no_library_chatter(demo_dir):
+    lines = (demo_dir / "output.txt").read_text().replace("\r", "\n").splitlines()
+    for chatter in ("Tip", "args parameter", "deprecated", "GPU available", "Seed set to", "Total params",
+                    "Tracking run with wandb"):
+        assert not [line for line in lines if chatter in line], chatter
+    cells = [i for i, line in enumerate(lines) if line.startswith("[3/4] (")]
+    assert len(cells) == 3
+    wandb_lines = [line for line in lines if line.startswith("wandb:")]
+    assert len(wandb_lines) == 3 and all("offline run in" in line for line in wandb_lines)
+    table = next(i for i, line in enumerate(lines) if line.startswith("## ImageNet error"))
+    assert table > cells[-1] and any(line.startswith("| (c) SPP multi-size trained |") for line in lines[table:])
 
 
 def test_demo_trains_all_three_variants_well_below_chance(demo_dir, capsys):

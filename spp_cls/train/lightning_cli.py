@@ -11,9 +11,10 @@ import io
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
+
+from . import console
 
 
 def run_lightning(argv: list[str]) -> int:
@@ -23,6 +24,8 @@ def run_lightning(argv: list[str]) -> int:
     if requeue_signal.under_slurm():
         requeue_signal.listen()  # before the seconds of imports and set-up, in which SIGUSR1 would kill the task
     from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    console.quiet_libraries()
 
     try:
         build_cli(argv)
@@ -105,6 +108,8 @@ def _save_config_class() -> type:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+                    if stage == "fit":  # the run's one line about wandb (test resumes the same run)
+                        print(console.wandb_location(logger.experiment), flush=True)
 
     return SaveConfigToRunAndWandb
 
@@ -171,9 +176,6 @@ def _cli_class(base: type) -> type:
                                 save_on_train_epoch_end=True),
             ]
             kwargs["default_root_dir"] = str(directory)
-            # the run directory holds the checkpoints beside the run's other files by design, and `fit` resumes from it
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty",
-                                    category=UserWarning)
             if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):
                 # cuDNN autotuning (on by default here) picks kernels by timing, so it would undo the determinism asked
                 kwargs["benchmark"] = False
