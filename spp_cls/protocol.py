@@ -7,7 +7,7 @@ paper.py keys its numbers by them, so a variant or a metric is renamed here or n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 # ---- variants: the rows of the paper's Table 2 ------------------------------------------------------------------
@@ -123,11 +123,32 @@ IMAGENET_PIXEL_STATISTICS = PixelStatistics(
 # ---- the results file -------------------------------------------------------------------------------------------
 RESULTS_FILE = "results.json"
 RESULTS_PATTERN = "results_*.json"
-RESULTS_KEYS: tuple[str, ...] = (
-    "backbone", "variant", "experiment", "test_protocol", "top1_err", "top5_err", "num_test_images", "epochs",
-    "train_images_per_s", "wall_time_s", "git_commit", "config_hash", "run_dir", "finished_at",
-)
-"""The keys every results file holds (a reader tolerates extra ones)."""
+
+
+@dataclass(frozen=True)
+class ResultsRecord:
+    """What one results file holds: a trained and tested run under one test protocol. The recorder writes it, the
+    report checks every file against these fields (and tolerates extra keys)."""
+
+    backbone: str
+    variant: str
+    experiment: str
+    test_protocol: str
+    top1_err: float = field(metadata={"percent": True})
+    top5_err: float = field(metadata={"percent": True})
+    num_test_images: int
+    epochs: int
+    train_images_per_s: float
+    wall_time_s: float
+    git_commit: str | None
+    """None outside a git checkout."""
+    config_hash: str
+    run_dir: str
+    finished_at: str
+    """ISO 8601, UTC."""
+
+
+RESULTS_KEYS: tuple[str, ...] = tuple(entry.name for entry in fields(ResultsRecord))
 
 
 def results_filename(protocol: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ from spp_cls.protocol import (
     RESULTS_KEYS,
     RESULTS_PATTERN,
     VARIANTS,
+    ResultsRecord,
     top1_metric,
     top5_metric,
     variant_name,
@@ -82,19 +83,19 @@ def _count(key: str, value: Any, source: str) -> int:
     return value
 
 
+_RECORD_FIELDS = {entry.name: entry for entry in fields(ResultsRecord)}
+
+
 def _check(key: str, value: Any, source: str) -> Any:
-    """One contract value, checked by the kind its key holds."""
-    if key == "variant":
-        if value not in VARIANTS:
-            raise ResultsError(f"{source}: variant {value!r} is not one of {', '.join(VARIANTS)}")
-        return value
-    if key in ("top1_err", "top5_err"):
-        return _number(key, value, source, upper=100)
-    if key in ("train_images_per_s", "wall_time_s"):
-        return _number(key, value, source)
-    if key in ("num_test_images", "epochs"):
+    """One contract value, checked by the type `ResultsRecord` gives its key."""
+    if key == "variant" and value not in VARIANTS:
+        raise ResultsError(f"{source}: variant {value!r} is not one of {', '.join(VARIANTS)}")
+    entry = _RECORD_FIELDS[key]
+    if entry.type == "float":
+        return _number(key, value, source, upper=100 if entry.metadata.get("percent") else math.inf)
+    if entry.type == "int":
         return _count(key, value, source)
-    return _text(key, value, source, nullable=key == "git_commit")
+    return _text(key, value, source, nullable=entry.type == "str | None")
 
 
 def result_from_record(record: Mapping[str, Any], source: str) -> RunResult:

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import subprocess
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
 from ..protocol import (
-    RESULTS_KEYS,
     TRAIN_EPOCH_LOSS,
     TRAIN_IMAGES_PER_S,
+    ResultsRecord,
     images_metric,
     results_filename,
     top1_metric,
@@ -86,24 +87,23 @@ class RunRecorder(Checkpoint):
         if not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        results = {
-            "backbone": pl_module.hparams.backbone,
-            "variant": pl_module.variant,
-            "experiment": self.experiment,
-            "test_protocol": trainer.datamodule.test_views,
-            "top1_err": round(float(metrics[top1_metric("test")]), 4),
-            "top5_err": round(float(metrics[top5_metric("test")]), 4),
-            "num_test_images": int(metrics[images_metric("test")]),
-            "epochs": pl_module.epochs_completed,
-            "train_images_per_s": round(pl_module.train_images / pl_module.train_time_s, 2)
+        results = asdict(ResultsRecord(
+            backbone=pl_module.hparams.backbone,
+            variant=pl_module.variant,
+            experiment=self.experiment,
+            test_protocol=trainer.datamodule.test_views,
+            top1_err=round(float(metrics[top1_metric("test")]), 4),
+            top5_err=round(float(metrics[top5_metric("test")]), 4),
+            num_test_images=int(metrics[images_metric("test")]),
+            epochs=pl_module.epochs_completed,
+            train_images_per_s=round(pl_module.train_images / pl_module.train_time_s, 2)
             if pl_module.train_time_s > 0 else 0.0,
-            "wall_time_s": round(pl_module.train_time_s, 1),
-            "git_commit": git_commit(),
-            "config_hash": self.config_hash,
-            "run_dir": str(self.directory),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        assert tuple(results) == RESULTS_KEYS, "the results file's keys are defined in spp_cls.protocol"
+            wall_time_s=round(pl_module.train_time_s, 1),
+            git_commit=git_commit(),
+            config_hash=self.config_hash,
+            run_dir=str(self.directory),
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ))
         if any(isinstance(v, float) and math.isnan(v) for v in results.values()):
             raise RuntimeError(f"test produced no numbers ({results}); is the val split empty?")
         self.directory.mkdir(parents=True, exist_ok=True)
