@@ -36,15 +36,8 @@ from spp_cls.protocol import (
     top5_metric,
 )
 from spp_cls.report import dashboard
-from spp_cls.report.dashboard import (
-    API_TIMEOUT_S,
-    FIGURE_KEY,
-    DashboardError,
-    GroupRun,
-    build_report,
-    runs_from_results,
-    select_group,
-)
+from spp_cls.report.dashboard import API_TIMEOUT_S, FIGURE_KEY, build_report
+from spp_cls.report.group_runs import DashboardError, GroupRun, group_run_from_wandb, runs_from_results, select_group
 from spp_cls.report.table import PLOT_DPI, PLOT_SIZE_IN, plot
 from spp_cls.train.lightning_cli import build_cli
 
@@ -286,7 +279,7 @@ def test_a_trained_run_logs_every_key_the_report_reads_under_its_run_name_and_gr
         cli.test(cli.model, datamodule=cli.datamodule)
         run = cli.trainer.logger.experiment
         logged, name, group = set(run.summary.keys()), run.name, run.group
-        as_listed = dashboard.group_run_from_wandb(run)  # the summary the server would hold, read as from the API
+        as_listed = group_run_from_wandb(run)  # the summary the server would hold, read as from the API
     finally:
         wandb.finish()
     runs, left_out = select_group(runs_from_results([tmp_path]), "t", "test")
