@@ -2,6 +2,7 @@
 SGD with a plateau (or milestone) schedule, and the epoch's training size from the size schedule."""
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -41,10 +42,12 @@ from .schedule import train_size
 
 LrSchedule = Literal["plateau", "milestones"]
 LrScheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
-# Lightning's warning for an epoch-level value logged without sync_dist under DDP, for the keys this module reduces
+REDUCED_EPOCH_VALUES = (TRAIN_EPOCH_LOSS, TRAIN_SIZE, TRAIN_IMAGES_PER_S, LR, *(
+    metric(stage) for stage in ("val", "test") for metric in (top1_metric, top5_metric, images_metric)))
+"""Epoch values this module sums over all ranks itself before logging them."""
+# Lightning's warning for an epoch-level value logged without sync_dist under DDP, for those keys
 SYNC_DIST_ADVICE_FOR_REDUCED_VALUES = (
-    r"It is recommended to use `self\.log\('(train/epoch_loss|train/size|train/images_per_s|lr|"
-    r"(val|test)/(top1_err|top5_err|images))'"
+    r"It is recommended to use `self\.log\('(" + "|".join(re.escape(key) for key in REDUCED_EPOCH_VALUES) + ")'"
 )
 
 
