@@ -1,13 +1,17 @@
-"""The device-decode training path on the CPU device: JPEG header parsing, the same windows, flips and bytes as the CPU
-decode path for the same seed, the batch type under Lightning's device transfer, corrupt files, and a real Trainer
-whose module decodes in ``on_after_batch_transfer``. Real JPEG bytes, real tar shards (``demo_shards`` and tmp dirs).
+"""``data.decode: device`` on the CPU, where nvImageCodec runs its CPU backend: JPEG header parsing in the workers, the
+same windows, flips, labels and bytes as the CPU decode path for the same seed (region and whole-image decode), the
+batch type under Lightning's device transfer, corrupt files, a real Trainer whose datamodule decodes in
+``on_after_batch_transfer``, and `spp-cls fit` + the exact 10-view test. Real JPEG bytes, real tar shards
+(``demo_shards`` and tmp dirs). The CUDA side (streams, GPU backends) is in tests/test_cuda.py.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +20,14 @@ import torch
 from datamodule_probe import RecordingModule, make_trainer, train_digests
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
+from test_fit_cli import cpu_args, read_summary
 from test_pipeline import jpeg_bytes, write_shards
 
+from spp_cls.cli import main
+from spp_cls.data.stream import nvimgcodec_decode
 from spp_cls.data.stream.datamodule import ShardDataModule
-from spp_cls.data.stream.device_decode import (
-    JpegBatch,
-    JpegCrop,
-    JpegTrainStream,
-    collate_jpegs,
-    decode_train_batch,
-    jpeg_size,
-)
+from spp_cls.data.stream.jpeg_batch import JpegBatch, JpegCrop, JpegTrainStream, collate_jpegs, jpeg_size
+from spp_cls.data.stream.nvimgcodec_decode import BatchDecoder, NvImageCodecMissing
 from spp_cls.data.stream.pipeline import (
     CorruptSample,
     CorruptSampleBudget,
@@ -108,12 +109,45 @@ def device_batches(datamodule: ShardDataModule, epoch: int, rank: int, world_siz
     return list(datamodule.train_loader(epoch, rank=rank, world_size=world_size))
 
 
-@pytest.mark.parametrize(("crop_mode", "workers", "world_size"), [("five", 2, 2), ("random", 0, 1)])
+def decoded(batch: JpegBatch, budget: CorruptSampleBudget | None = None,
+            region: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    return BatchDecoder("cpu", budget=budget, region=region)(batch)
+
+
+@pytest.mark.parametrize(("width", "height", "mode", "options"), [
+    (301, 257, "RGB", {}),  # 4:2:0
+    (256, 341, "RGB", {"progressive": True}),
+    (299, 256, "RGB", {"subsampling": 1}),  # 4:2:2
+    (299, 256, "RGB", {"subsampling": 0}),  # 4:4:4
+    (255, 257, "L", {}),
+    (270, 262, "CMYK", {}),
+])
+@pytest.mark.parametrize("region", [True, False], ids=["region", "whole"])
+def test_every_kind_of_jpeg_decodes_to_the_cpu_paths_window(width: int, height: int, mode: str, options: dict,
+                                                            region: bool) -> None:
+    """Windows at odd offsets too, where a region starts inside a chroma block of a subsampled file."""
+    jpeg = encoded(width, height, mode, seed=width, **options)
+    whole = decode_rgb(jpeg)
+    rng = random.Random(0)
+    origins = [(0, 0), (width - 224, height - 224), *((rng.randint(0, width - 224), rng.randint(0, height - 224))
+                                                      for _ in range(6))]
+    items = [JpegCrop(jpeg, (width, height), origin, i % 2 == 1, i, f"k{i}", "s.tar")
+             for i, origin in enumerate(origins)]
+    images, labels = decoded(collate_jpegs(items), region=region)
+    assert labels.tolist() == list(range(len(origins)))
+    for i, (x0, y0) in enumerate(origins):
+        window = whole[:, y0 : y0 + 224, x0 : x0 + 224]
+        assert torch.equal(images[i], window.flip(-1) if i % 2 else window), (x0, y0)
+
+
+@pytest.mark.parametrize(("crop_mode", "workers", "world_size", "region"),
+                         [("five", 2, 2, True), ("random", 0, 1, True), ("five", 0, 1, False)])
 def test_device_path_yields_the_cpu_paths_batches_bit_for_bit(demo_shards: Path, crop_mode: str, workers: int,
-                                                              world_size: int) -> None:
+                                                              world_size: int, region: bool) -> None:
     options = {"batch_size": 4, "num_workers": workers, "shuffle_buffer": 8, "seed": 3, "train_crop": crop_mode}
     on_cpu = ShardDataModule(str(demo_shards), decode="cpu", **options)
     on_device = ShardDataModule(str(demo_shards), decode="device", **options)
+    decoder = BatchDecoder("cpu", region=region)
     origins, flips = set(), set()
     for epoch in (0, 1):
         for rank in range(world_size):
@@ -122,18 +156,31 @@ def test_device_path_yields_the_cpu_paths_batches_bit_for_bit(demo_shards: Path,
             assert len(shipped) == len(expected) == 60 // (4 * world_size)
             for batch, (images, labels) in zip(shipped, expected):
                 assert isinstance(batch, JpegBatch) and len(batch) == 4
-                decoded, decoded_labels = decode_train_batch(batch, "cpu")
-                assert decoded.dtype == torch.uint8 and decoded.shape == (4, 3, 224, 224) and decoded.is_contiguous()
-                assert torch.equal(decoded, images) and torch.equal(decoded_labels, labels)
+                crops, crop_labels = decoder(batch)
+                assert crops.dtype == torch.uint8 and crops.shape == (4, 3, 224, 224) and crops.is_contiguous()
+                assert torch.equal(crops, images) and torch.equal(crop_labels, labels)
                 origins.update(batch.origins)
                 flips.update(batch.flips)
     assert flips == {False, True} and len(origins) >= (5 if crop_mode == "five" else 20)
+    assert decoder.cpu_fallbacks == 0
+
+
+def test_a_decoded_batch_stays_intact_while_the_next_ones_decode(demo_shards: Path) -> None:
+    """No output buffer of the decoder is reused: the batch a step still trains on keeps its pixels."""
+    datamodule = ShardDataModule(str(demo_shards), batch_size=6, num_workers=0, decode="device", seed=2)
+    decoder = datamodule.device_decoder(torch.device("cpu"))
+    batches = device_batches(datamodule, 0, 0, 1)
+    first, _ = decoder(batches[0])
+    kept = first.clone()
+    for batch in batches[1:]:
+        decoder(batch)
+    assert torch.equal(first, kept) and datamodule.device_decoder(torch.device("cpu")) is decoder
 
 
 def test_a_batch_holds_each_files_window_and_flip(demo_shards: Path) -> None:
     datamodule = ShardDataModule(str(demo_shards), batch_size=6, num_workers=0, decode="device", seed=1)
     batch = device_batches(datamodule, 0, 0, 1)[0]
-    images, _ = decode_train_batch(batch, "cpu")
+    images, _ = decoded(batch)
     for jpeg, size, (x0, y0), flip, image in zip(batch.jpegs(), batch.sizes, batch.origins, batch.flips, images):
         whole = decode_rgb(jpeg.numpy().tobytes())
         assert size == (whole.shape[-1], whole.shape[-2]) and min(size) == 256
@@ -159,51 +206,51 @@ def test_header_corrupt_samples_are_skipped_before_any_draw_as_on_the_cpu_path(
         shipped = [batch for _, batch in zip(range(4), JpegTrainStream(paths, 6, 2, **options))]
     expected = [batch for _, batch in zip(range(4), TrainStream(paths, 6, 2, **options))]
     for batch, (images, labels) in zip(shipped, expected):
-        decoded, decoded_labels = decode_train_batch(batch, "cpu")
-        assert torch.equal(decoded, images) and torch.equal(decoded_labels, labels)
+        crops, crop_labels = decoded(batch)
+        assert torch.equal(crops, images) and torch.equal(crop_labels, labels)
         assert not {2, 3} & set(labels.tolist())
     assert f"img00002 in {paths[0]}: not a JPEG file" in caplog.text
     assert f"img00003 in {paths[0]}: JPEG is truncated (no EOI marker after the scan)" in caplog.text
 
 
-def test_a_file_that_does_not_decode_is_replaced_by_the_next_good_sample_and_logged(
+def test_a_file_that_does_not_decode_is_counted_named_and_replaced_by_the_next_good_sample(
         caplog: pytest.LogCaptureFixture) -> None:
     files = [jpeg_bytes(240, 232, seed=seed) for seed in range(4)]
     files[1] = with_bogus_huffman_table(files[1])
     assert jpeg_size(files[1]) == (240, 232)
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.device_decode"):
-        images, labels = decode_train_batch(batch, "cpu")
+    budget = CorruptSampleBudget(max_fraction=0.5, min_samples=1)
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
+        images, labels = decoded(batch, budget)
     assert labels.tolist() == [10, 12, 12, 13] and images.shape == (4, 3, 224, 224)
     assert torch.equal(images[1], images[2])
-    single, _ = decode_train_batch(collate_jpegs([crop_of(files[2], 240, 232, 2, 12, "k2")]), "cpu")
+    single, _ = decoded(collate_jpegs([crop_of(files[2], 240, 232, 2, 12, "k2")]))
     assert torch.equal(images[2], single[0])
+    assert (budget.seen, budget.corrupt) == (4, 1)
     assert "corrupt sample k1 in shard.tar: JPEG does not decode: Bogus Huffman table definition; replaced in its " \
-           "batch by k2" in caplog.text
+           "batch by k2 (1 corrupt of 2 seen)" in caplog.text
 
 
-def test_a_decode_failure_counts_against_the_budget() -> None:
+def test_past_the_budget_a_decode_failure_stops_naming_the_file_and_its_shard() -> None:
     files = [jpeg_bytes(240, 232, seed=0), with_bogus_huffman_table(jpeg_bytes(240, 232, seed=1))]
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, seed, f"k{seed}") for seed, jpeg in enumerate(files)])
-    budget = CorruptSampleBudget(max_fraction=0.5, min_samples=1)
-    decode_train_batch(batch, "cpu", budget)
-    assert (budget.seen, budget.corrupt) == (2, 1)
     with pytest.raises(TooManyCorruptSamples, match="k1 in shard shard.tar: JPEG does not decode"):
-        decode_train_batch(batch, "cpu", CorruptSampleBudget(max_fraction=0.0))
+        decoded(batch, CorruptSampleBudget(max_fraction=0.0))
 
 
-def test_a_file_that_decodes_to_another_size_than_its_header_said_is_replaced() -> None:
+def test_a_file_whose_size_is_not_the_one_its_window_was_drawn_for_is_replaced() -> None:
     files = [jpeg_bytes(240, 232, seed=0), jpeg_bytes(250, 240, seed=1)]
     items = [crop_of(files[0], 240, 232, 0, 0, "k0"), crop_of(files[1], 240, 232, 1, 1, "k1")]  # k1 is 250x240
-    images, labels = decode_train_batch(collate_jpegs(items), "cpu")
-    assert labels.tolist() == [0, 0] and torch.equal(images[0], images[1])
+    budget = CorruptSampleBudget(max_fraction=0.5, min_samples=1)
+    images, labels = decoded(collate_jpegs(items), budget)
+    assert labels.tolist() == [0, 0] and torch.equal(images[0], images[1]) and budget.corrupt == 1
 
 
 def test_a_batch_where_nothing_decodes_stops_naming_a_file() -> None:
     bad = with_bogus_huffman_table(jpeg_bytes(240, 232))
     batch = collate_jpegs([crop_of(bad, 240, 232, seed, 0, f"k{seed}") for seed in range(2)])
     with pytest.raises(TooManyCorruptSamples, match="no file of a training batch of 2 decodes .*k0 in shard.tar"):
-        decode_train_batch(batch, "cpu")
+        decoded(batch)
 
 
 def test_train_crop_and_the_header_path_draw_the_same_windows() -> None:
@@ -216,9 +263,24 @@ def test_train_crop_and_the_header_path_draw_the_same_windows() -> None:
             assert torch.equal(train_crop(image, on_image, mode), window.flip(-1) if flip else window)
 
 
-def test_an_unknown_decode_is_refused(demo_shards: Path) -> None:
+def test_unknown_or_impossible_decode_settings_are_refused(demo_shards: Path) -> None:
     with pytest.raises(ValueError, match="unknown decode 'gpu'; known: cpu, device"):
         ShardDataModule(str(demo_shards), decode="gpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown decode_backend 'nvjpeg'; known: auto, hardware, cuda, hybrid, cpu"):
+        ShardDataModule(str(demo_shards), decode="device", decode_backend="nvjpeg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="decode_backend 'hardware' needs a CUDA device"):
+        BatchDecoder("cpu", "hardware")
+
+
+def test_without_nvimgcodec_device_decode_is_one_error_naming_the_package(demo_shards: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)  # what `import` meets where it is not installed
+    nvimgcodec_decode.load_nvimgcodec.cache_clear()
+    try:
+        with pytest.raises(NvImageCodecMissing, match=r"needs NVIDIA nvImageCodec: pip install 'spp-cls\[gpu-dec"):
+            ShardDataModule(str(demo_shards), decode="device")
+        ShardDataModule(str(demo_shards), decode="cpu")  # the CPU path does not need it
+    finally:
+        nvimgcodec_decode.load_nvimgcodec.cache_clear()
 
 
 def test_a_real_trainer_gets_decoded_batches_equal_to_the_cpu_paths(demo_shards: Path) -> None:
@@ -231,3 +293,25 @@ def test_a_real_trainer_gets_decoded_batches_equal_to_the_cpu_paths(demo_shards:
         recorded = [batch["digests"] for batch in module.records["train"] if batch["epoch"] == epoch]
         assert recorded == train_digests(on_cpu, epoch, 0, 1)
     assert datamodule.decode_budget.seen == 2 * 60 and datamodule.decode_budget.corrupt == 0
+
+
+@pytest.mark.slow
+def test_fit_with_device_decode_trains_the_cpu_paths_weights_and_tests_exactly(demo_shards: Path,
+                                                                                tmp_path: Path) -> None:
+    """`spp-cls fit` with data.decode=device (nvImageCodec's CPU backend here) trains bit for bit the network that
+    data.decode=cpu trains; then the 10-view test counts each val image once."""
+    runs = {}
+    for decode in ("cpu", "device"):
+        args = cpu_args(demo_shards, tmp_path / decode, "--trainer.max_epochs", "1", "--wandb", "false",
+                        "--data.decode", decode)
+        assert main(["fit", *args]) == 0
+        runs[decode] = tmp_path / decode / "t" / "zf5-spp_multi"
+    weights = {decode: torch.load(run / "last.ckpt", weights_only=False)["state_dict"] for decode, run in runs.items()}
+    assert weights["cpu"].keys() == weights["device"].keys()
+    assert all(torch.equal(weights["cpu"][key], weights["device"][key]) for key in weights["cpu"])
+    columns = ("epoch", "train_size", "lr", "train_loss", "val_top1_err", "val_top5_err")  # all but the speed
+    rows = {decode: [[row[column] for column in columns] for row in read_summary(run)] for decode, run in runs.items()}
+    assert rows["cpu"] == rows["device"]
+    assert main(["test", *args]) == 0
+    results = json.loads((runs["device"] / "results.json").read_text())
+    assert results["test_protocol"] == "tenview" and results["num_test_images"] == 15
