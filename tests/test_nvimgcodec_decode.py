@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import sys
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from spp_cls.data.stream.pipeline import (
     decode_rgb,
     train_crop,
 )
+from spp_cls.data.stream.views import VIEW_COUNTS
 
 
 def encoded(width: int, height: int, mode: str = "RGB", seed: int = 0, **options: object) -> bytes:
@@ -281,6 +283,19 @@ def test_without_nvimgcodec_device_decode_is_one_error_naming_the_package(demo_s
         ShardDataModule(str(demo_shards), decode="cpu")  # the CPU path does not need it
     finally:
         nvimgcodec_decode.load_nvimgcodec.cache_clear()
+
+
+@pytest.mark.parametrize("protocol", list(VIEW_COUNTS))
+def test_every_test_protocol_gets_the_cpu_paths_views_under_device_decode(demo_shards: Path, protocol: str) -> None:
+    """Evaluation decodes on the CPU loader workers whatever data.decode says (the first batches here; the whole
+    10-view pass, each image once, in the fit test below)."""
+    options = {"batch_size": 4, "num_workers": 0, "eval_batch_size": 2, "test_views": protocol}
+    on_device = list(islice(ShardDataModule(str(demo_shards), decode="device", **options).eval_loader("test"), 3))
+    on_cpu = list(islice(ShardDataModule(str(demo_shards), decode="cpu", **options).eval_loader("test"), 3))
+    assert len(on_device) == len(on_cpu) == 3
+    for (views, labels, valid), expected in zip(on_device, on_cpu):
+        assert views.shape[1] == VIEW_COUNTS[protocol]
+        assert all(torch.equal(got, want) for got, want in zip((views, labels, valid), expected))
 
 
 def test_a_real_trainer_gets_decoded_batches_equal_to_the_cpu_paths(demo_shards: Path) -> None:
