@@ -7,12 +7,14 @@ batch was sent to, stacks them and flips the mirrored ones: the CPU path's windo
 - Region: each file's 224 x 224 window is decoded as a ``Region`` of its code stream rather than the whole image
   (``region=False`` decodes whole images and crops them). On nvImageCodec's CPU backend (libjpeg-turbo) both give the
   CPU path's pixels exactly (tests/test_nvimgcodec_decode.py); on a GPU backend nvJPEG's inverse DCT and chroma
-  upsampling round differently from libjpeg-turbo's, by about one level of 255 on average (tests/test_cuda.py).
+  upsampling round differently from libjpeg-turbo's (torchvision's nvJPEG path differed by about one level of 255 on
+  average; tests/test_cuda.py holds each backend to a stated tolerance).
 - Backends: on CUDA, ``"auto"`` lets nvImageCodec pick per file (hardware NVJPG engines where the GPU has them, then
   CUDA, hybrid CPU+GPU, CPU), or one backend is named; on the CPU, the CPU backend alone, so that a CPU-only machine
   runs this very path end to end.
 - Streams: on CUDA each batch is decoded on a side stream, so a batch decodes on the GPU while the training step
-  queued before it still runs; the caller's stream waits for the batch's event, and the crops are marked as used on
+  queued before it still runs (Lightning transfers batch n+1 right after it has queued step n, and nothing here
+  waits for the training stream); the caller's stream waits for the batch's event, and the crops are marked as used on
   the caller's stream (``record_stream``) so that the caching allocator hands their memory back to the side stream
   only after the step that reads them. nvImageCodec's own outputs are stream-ordered allocations on the side stream
   (freed there after the copy out of them); the code streams, and the bytes they read, are kept until the batch's
