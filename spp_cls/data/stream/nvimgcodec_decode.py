@@ -88,7 +88,7 @@ def load_nvimgcodec() -> ModuleType:
     with _stderr_captured() as printed:
         try:
             nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
-        except ImportError as error:
+        except (ImportError, OSError) as error:  # not installed, or a library of it does not load
             raise NvImageCodecMissing(f"data.decode=device needs NVIDIA nvImageCodec: {INSTALL_HINT} ({error})") \
                 from None
     for line in printed:
@@ -188,8 +188,8 @@ class BatchDecoder:
         on_host = []
         for i, (image, size) in enumerate(zip(images, sizes)):
             if size != batch.sizes[i]:
-                windows.append(CorruptSample(f"its code stream gives the size {size[0]}x{size[1]} but its header "
-                                             f"{batch.sizes[i][0]}x{batch.sizes[i][1]}"))
+                windows.append(CorruptSample(f"nvImageCodec reads the size {size[0]}x{size[1]} where the worker "
+                                             f"read {batch.sizes[i][0]}x{batch.sizes[i][1]} from its header"))
             elif image is None:
                 windows.append(self._host_window(batch, i))
                 on_host += [i] if isinstance(windows[-1], torch.Tensor) else []
