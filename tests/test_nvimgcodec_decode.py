@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
 import sys
 from itertools import islice
@@ -21,6 +22,7 @@ import torch
 from datamodule_probe import RecordingModule, make_trainer, train_digests
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
+from processes import run_hard_timeout
 from test_fit_cli import cpu_args, read_summary
 from test_pipeline import jpeg_bytes, write_shards
 
@@ -296,6 +298,17 @@ def test_every_test_protocol_gets_the_cpu_paths_views_under_device_decode(demo_s
     for (views, labels, valid), expected in zip(on_device, on_cpu):
         assert views.shape[1] == VIEW_COUNTS[protocol]
         assert all(torch.equal(got, want) for got, want in zip((views, labels, valid), expected))
+
+
+def test_loading_nvimgcodec_prints_nothing_about_codecs_never_used() -> None:
+    """Importing nvImageCodec prints four lines about its JPEG 2000 and TIFF extensions (their libraries are not
+    installed); a training log shows none of them, and decoding still works in that process."""
+    script = ("from spp_cls.data.stream.nvimgcodec_decode import BatchDecoder, load_nvimgcodec; "
+              "print(load_nvimgcodec().__version__); print(BatchDecoder('cpu').description)")
+    environment = {key: value for key, value in os.environ.items() if key != "PYNVIMGCODEC_VERBOSITY"}
+    run = run_hard_timeout([sys.executable, "-c", script], timeout=120, env=environment)
+    assert run.returncode == 0, run.stdout
+    assert run.stdout.splitlines() == ["0.9.0", "nvImageCodec 0.9.0 on cpu (cpu backend, 224 regions)"]
 
 
 def test_a_real_trainer_gets_decoded_batches_equal_to_the_cpu_paths(demo_shards: Path) -> None:
