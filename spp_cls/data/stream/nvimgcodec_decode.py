@@ -203,7 +203,10 @@ class BatchDecoder:
     def _device_window(self, image: Any, origin: tuple[int, int]) -> torch.Tensor:
         """The 3 x 224 x 224 window of one nvImageCodec output (planar RGB; already the window when decoded as a
         region)."""
-        pixels = torch.from_numpy(np.asarray(image)) if self._stream is None else torch.from_dlpack(image)
+        if self._stream is None:
+            pixels = torch.from_numpy(np.asarray(image))
+        else:  # torch.from_dlpack(image) would first offer DLPack 1.0 keywords this Image refuses: a TypeError each
+            pixels = torch.from_dlpack(image.__dlpack__(stream=self._stream.cuda_stream))
         x0, y0 = origin
         return pixels if self.region else pixels[:, y0 : y0 + CROP, x0 : x0 + CROP]
 
