@@ -20,7 +20,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from spp_cls.data.stream.device_decode import JpegCrop
+from spp_cls.data.stream.jpeg_batch import JpegCrop
 from spp_cls.data.stream.pipeline import crop_window
 from spp_cls.data.synthetic import render_image, synthetic_classes
 

@@ -116,6 +116,8 @@ BAD_ARGS = [
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--data", "/nonexistent/shards"], "--data /nonexistent/shards: no train/manifest.json there"),
     (["--out", "/nonexistent/dir/bench.json"], "folder /nonexistent/dir does not exist"),
+    (["--decode", "device", "--decode-backend", "hardware", "--device", "cpu"],
+     "--decode-backend: decode_backend 'hardware' needs a CUDA device"),
 ]
 if not torch.cuda.is_available():
     BAD_ARGS.append((["--device", "cuda"], "--device cuda: no CUDA device is available"))
@@ -149,4 +151,8 @@ def test_device_decode_path_is_measured_too(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["data_path"]["decode"] == "device" and positive(report["data_path"]["images_per_s"])
     assert positive(report["rows"][0]["shards_images_per_s"])
-    assert "JPEG decode on the device" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "JPEG decode on the device" in printed
+    decoder = "nvImageCodec 0.9.0 on cpu (cpu backend, 224 regions); 0 files decoded on the host instead"
+    assert report["data_path"]["decoder"] == decoder and f"decoder: {decoder}" in printed
+    assert any(line.startswith("fed from shards / model only: ") for line in printed.splitlines())

@@ -12,7 +12,7 @@ import torch
 
 from ..data.shards.convert import convert
 from ..data.stream.datamodule import ShardDataModule
-from ..data.stream.device_decode import JpegBatch, decode_train_batch
+from ..data.stream.jpeg_batch import JpegBatch
 from ..data.synthetic import make_imagenet_folder
 from .settings import Batch, BenchSettings, BenchUsageError
 from .timing import timed_steps
@@ -41,9 +41,11 @@ def synthetic_shards(work: Path, batch_size: int, workers: int) -> DataSource:
     return DataSource(work / "shards", f"synthetic ({total} JPEGs in {shards} shards)")
 
 
-def open_datamodule(source: DataSource, batch_size: int, workers: int, decode: str = "cpu") -> ShardDataModule:
+def open_datamodule(source: DataSource, batch_size: int, workers: int, decode: str = "cpu",
+                    decode_backend: str = "auto") -> ShardDataModule:
     try:
-        datamodule = ShardDataModule(str(source.root), batch_size=batch_size, num_workers=workers, decode=decode)
+        datamodule = ShardDataModule(str(source.root), batch_size=batch_size, num_workers=workers, decode=decode,
+                                     decode_backend=decode_backend)
         datamodule.train_batches_per_rank(1)
     except ValueError as error:
         raise BenchUsageError(f"--data {source.root}: {str(error).splitlines()[0]}") from None
@@ -52,11 +54,17 @@ def open_datamodule(source: DataSource, batch_size: int, workers: int, decode: s
 
 def shard_batches(datamodule: ShardDataModule, count: int, device: torch.device) -> Iterator[Batch]:
     """`count` training batches of epoch 0 from one set of loader workers (the train stream is endless, resampled);
-    with decode=device each batch is decoded, cropped and flipped on `device` here, as in training."""
+    with decode=device each batch's windows are decoded on `device` here, as in training."""
     for batch in datamodule.train_loader(epoch=0).with_epoch(nbatches=count):
-        yield decode_train_batch(batch, device, datamodule.decode_budget) if isinstance(batch, JpegBatch) else batch
+        yield datamodule.device_decoder(device)(batch) if isinstance(batch, JpegBatch) else batch
 
 
+def decoder_description(datamodule: ShardDataModule, device: torch.device) -> str | None:
+    """What decoded the batches of decode=device (library, device, backend) and how many fell back to the host."""
+    if datamodule.decode != "device":
+        return None
+    decoder = datamodule.device_decoder(device)
+    return f"{decoder.description}; {decoder.cpu_fallbacks} files decoded on the host instead"
 
 
 def prefetched_batches(workers: int) -> int:
@@ -74,6 +82,6 @@ def measure_data_path(datamodule: ShardDataModule, source: DataSource, settings:
     timing = timed_steps(lambda batch: len(batch[1]), shard_batches(datamodule, warmup + batches, device), warmup,
                          batches, device)
     return {"source": source.description, "workers": settings.workers, "batch_size": settings.batch_size,
-            "decode": settings.decode,
+            "decode": settings.decode, "decoder": decoder_description(datamodule, device),
             "batches": batches, "images": timing.images, "seconds": timing.seconds,
             "images_per_s": timing.images_per_s}

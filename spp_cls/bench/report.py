@@ -37,6 +37,7 @@ def _header(report: dict[str, Any]) -> list[str]:
         (f"data path: {data['images_per_s']:.1f} img/s (shards -> uint8 batches of {data['batch_size']}, {workers}, "
          f"JPEG decode on {'the device' if data['decode'] == 'device' else 'the workers'}, "
          f"{data['batches']} batches; {data['source']})"),
+        *([f"decoder: {data['decoder']}"] if data.get("decoder") else []),
     ]
 
 
@@ -58,6 +59,9 @@ def _ratio_lines(report: dict[str, Any]) -> list[str]:
                      f"{harness['lightning_images_per_s']:.1f} img/s, bare loop {harness['bare_images_per_s']:.1f} "
                      f"img/s; {harness['model']} at {harness['size']}; target >= {harness['target']})")
     for row in report["rows"]:
+        lines.append(f"fed from shards / model only: {row['shards_images_per_s'] / row['model_images_per_s']:.2f} "
+                     f"for {row['model']} at {row['size']} ({row['shards_images_per_s']:.1f} / "
+                     f"{row['model_images_per_s']:.1f} img/s)")
         lines.append(f"data / model: {row['data_over_model']:.2f} for {row['model']} at {row['size']} "
                      f"({data_rate:.1f} / {row['model_images_per_s']:.1f} img/s): {row['limited_by']}")
     for item in report["tenview"]:

@@ -94,7 +94,8 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
             source = synthetic_shards(work, settings.batch_size, settings.workers)
         else:
             source = DataSource(Path(settings.data), settings.data)
-        datamodule = open_datamodule(source, settings.batch_size, settings.workers, settings.decode)
+        datamodule = open_datamodule(source, settings.batch_size, settings.workers, settings.decode,
+                                     settings.decode_backend)
         num_classes = max(NUM_CLASSES, datamodule.num_classes)
         _progress(f"data path ({settings.workers} workers)")
         data = measure_data_path(datamodule, source, settings, device)

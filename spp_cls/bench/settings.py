@@ -11,6 +11,7 @@ from pathlib import Path
 import timm
 import torch
 
+from ..data.stream.nvimgcodec_decode import DECODE_BACKENDS, check_backend
 from ..models import TRUNKS, list_models
 from ..models.registry import HEADS
 
@@ -52,6 +53,7 @@ class BenchSettings:
     compile: bool
     out: Path | None
     decode: str = "cpu"
+    decode_backend: str = "auto"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode", choices=("cpu", "device"), default="cpu",
                         help="where training JPEGs are decoded: in the loader workers, or batched on the device "
                              "(data.decode); run both on a GPU node to choose")
+    parser.add_argument("--decode-backend", choices=DECODE_BACKENDS, default="auto",
+                        help="nvImageCodec's backend with --decode device (data.decode_backend); only cpu on a CPU")
     parser.add_argument("--out", type=Path, help="also write the results as JSON to this file")
     return parser
 
@@ -144,6 +148,11 @@ def parse_settings(argv: Sequence[str]) -> BenchSettings:
             if not (Path(args.data) / split / "manifest.json").is_file():
                 raise BenchUsageError(f"--data {args.data}: no {split}/manifest.json there; give 'synthetic' or the "
                                       "output root of `spp-cls shards`")
+    if args.decode == "device":
+        try:
+            check_backend(args.decode_backend, torch.device(device))
+        except ValueError as error:
+            raise BenchUsageError(f"--decode-backend: {error}") from None
     if args.out is not None and not args.out.parent.is_dir():
         raise BenchUsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
     return BenchSettings(
@@ -161,4 +170,5 @@ def parse_settings(argv: Sequence[str]) -> BenchSettings:
         compile=args.compile,
         out=args.out,
         decode=args.decode,
+        decode_backend=args.decode_backend,
     )

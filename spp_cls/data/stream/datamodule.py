@@ -2,9 +2,10 @@
 
 Batches (all uint8 images, see DESIGN.md conventions):
 - train: ``(images [B, 3, 224, 224], labels int64 [B])``, B = ``batch_size`` per rank. With ``decode="device"``
-  the loader yields a :class:`~spp_cls.data.stream.device_decode.JpegBatch` (the same B samples and windows, still
-  JPEG-encoded) and this module's ``on_after_batch_transfer`` hook turns it into that pair on the training device,
-  so a LightningModule receives the same batches either way;
+  the loader yields a :class:`~spp_cls.data.stream.jpeg_batch.JpegBatch` (the same B samples and windows, still
+  JPEG-encoded) and this module's ``on_after_batch_transfer`` hook turns it into that pair on the training device
+  (nvImageCodec, :mod:`~spp_cls.data.stream.nvimgcodec_decode`), so a LightningModule receives the same batches
+  either way;
 - validate (center crop): ``(images [B, 3, 224, 224], labels int64 [B], valid bool [B])``;
 - test (the val shards under a test protocol): ``(views [B, V, 3, H, W], labels int64 [B], valid bool [B])``,
   V = 1 (center, full), 10 (tenview), 96 (multiscale); ``full`` uses B = 1 (the images differ in size).
@@ -32,7 +33,8 @@ import torch
 import webdataset as wds
 
 from spp_cls.data.manifest import Manifest, ManifestError
-from spp_cls.data.stream.device_decode import JpegBatch, JpegTrainStream, decode_train_batch
+from spp_cls.data.stream.jpeg_batch import JpegBatch, JpegTrainStream
+from spp_cls.data.stream.nvimgcodec_decode import DECODE_BACKENDS, BatchDecoder, DecodeBackend, load_nvimgcodec
 from spp_cls.data.stream.pipeline import (
     TRAIN_CROPS,
     CorruptSampleBudget,
@@ -57,7 +59,7 @@ Decode = Literal["cpu", "device"]
 DECODES = ("cpu", "device")
 EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # imported once by the server that starts the loader workers, so that starting one costs a fork, not an import
-WORKER_PRELOAD = ["__main__", "spp_cls.data.stream.pipeline", "spp_cls.data.stream.device_decode"]
+WORKER_PRELOAD = ["__main__", "spp_cls.data.stream.pipeline", "spp_cls.data.stream.jpeg_batch"]
 
 
 def loader_worker_context() -> multiprocessing.context.BaseContext:
@@ -110,14 +112,18 @@ class ShardDataModule(pl.LightningDataModule):
         seed: the data seed (shard order, shuffle, crops); the run's other seeds are not used here.
         max_corrupt_fraction: corrupt samples a loader worker tolerates, as a fraction of those it has seen.
         decode: where training JPEGs are decoded: ``"cpu"`` in the loader workers, or ``"device"``: the workers only
-            read headers and draw the windows, and :meth:`on_after_batch_transfer` decodes, crops and flips each
-            batch on the training device (``torchvision.io.decode_jpeg`` in batches: nvJPEG on CUDA), so the CPU
-            cores stop limiting a GPU run. The same windows and flips for the same seed either way. Validation and
-            test always decode on the CPU.
+            read headers and draw the windows, and :meth:`on_after_batch_transfer` decodes each batch's windows on
+            the training device with NVIDIA nvImageCodec (batched, on a side CUDA stream; its CPU backend when
+            training on the CPU), so the CPU cores stop limiting a GPU run. The same windows, flips and labels for
+            the same seed either way. Validation and test decode on the CPU loader workers either way (their views
+            are resized from the whole image, and an evaluation pass is a small part of a run).
+        decode_backend: nvImageCodec's backend for ``decode="device"``: ``"auto"`` (hardware JPEG engines where the
+            GPU has them, then CUDA, hybrid, CPU, chosen per file), ``"hardware"``, ``"cuda"``, ``"hybrid"`` or
+            ``"cpu"``.
 
     Attributes:
         decode_budget: counts (and caps, as ``max_corrupt_fraction``) the files that pass the workers' header check
-            but fail to decode on the device, in this process (see :mod:`spp_cls.data.stream.device_decode`).
+            but fail to decode on the device, in this process (see :mod:`spp_cls.data.stream.nvimgcodec_decode`).
     """
 
     def __init__(
@@ -133,6 +139,7 @@ class ShardDataModule(pl.LightningDataModule):
             seed: int = 0,
             max_corrupt_fraction: float = 0.001,
             decode: Decode = "cpu",
+            decode_backend: DecodeBackend = "auto",
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -145,6 +152,10 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown test_views {test_views!r}; known: {', '.join(VIEW_COUNTS)}")
         if decode not in DECODES:
             raise ValueError(f"unknown decode {decode!r}; known: {', '.join(DECODES)}")
+        if decode_backend not in DECODE_BACKENDS:
+            raise ValueError(f"unknown decode_backend {decode_backend!r}; known: {', '.join(DECODE_BACKENDS)}")
+        if decode == "device":
+            load_nvimgcodec()  # one clear error now, not at the first batch, where it is not installed
         self.root = Path(root)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -156,7 +167,9 @@ class ShardDataModule(pl.LightningDataModule):
         self.seed = seed
         self.max_corrupt_fraction = max_corrupt_fraction
         self.decode = decode
+        self.decode_backend = decode_backend
         self.decode_budget = CorruptSampleBudget(max_corrupt_fraction)
+        self._decoders: dict[torch.device, BatchDecoder] = {}
         self.train_manifest = Manifest.load(self.root / "train")
         self.val_manifest = Manifest.load(self.root / "val")
         train_wnids = [c.wnid for c in self.train_manifest.classes]
@@ -267,14 +280,20 @@ class ShardDataModule(pl.LightningDataModule):
         return self.train_loader(epoch=self.trainer.current_epoch)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``decode="device"``: decodes, crops and flips a training batch on the device it was sent to.
+        """With ``decode="device"``: decodes the windows of a training batch on the device it was sent to.
 
         Lightning runs a datamodule's override of this hook instead of the LightningModule's (and warns if both
         override it), so a module used with ``decode="device"`` must not override it.
         """
         if isinstance(batch, JpegBatch):
-            return decode_train_batch(batch, batch.labels.device, self.decode_budget)
+            return self.device_decoder(batch.labels.device)(batch)
         return batch
+
+    def device_decoder(self, device: torch.device) -> BatchDecoder:
+        """The decoder of ``decode="device"`` batches sent to ``device`` (one per device, made at its first batch)."""
+        if device not in self._decoders:
+            self._decoders[device] = BatchDecoder(device, self.decode_backend, self.decode_budget)
+        return self._decoders[device]
 
     def val_dataloader(self) -> wds.WebLoader:
         return self.eval_loader("validate")

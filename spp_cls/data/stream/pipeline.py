@@ -239,7 +239,7 @@ class TrainStream(IterableDataset):
 
     The consumer decides the epoch length (``WebLoader.with_epoch``). A subclass changes what is made of each sample
     (:meth:`prepare`) and how the items are batched (:meth:`collate`), never the sample order or the RNG draws
-    (:class:`~spp_cls.data.stream.device_decode.JpegTrainStream` ships the JPEG bytes and the drawn windows undecoded).
+    (:class:`~spp_cls.data.stream.jpeg_batch.JpegTrainStream` ships the JPEG bytes and the drawn windows undecoded).
     """
 
     def __init__(
