@@ -125,8 +125,6 @@ def run_classes(ckpt: Path, manifest: Path | None) -> tuple[ClassEntry, ...]:
 def load_module(ckpt: Path, device: str) -> Any:
     from .train.module import SppClassifier  # Lightning: imported once the arguments are known to be sound
 
-    if not ckpt.is_file():
-        raise PredictError(f"no checkpoint {ckpt}")
     try:
         return SppClassifier.load_from_checkpoint(ckpt, map_location=device).eval()
     except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as error:
@@ -148,6 +146,8 @@ def predict(args: argparse.Namespace) -> list[str]:
         raise PredictError(f"--shorter-side must be at least 1, got {args.shorter_side}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PredictError("--device cuda: no CUDA device is available")
+    if not args.ckpt.is_file():
+        raise PredictError(f"no checkpoint {args.ckpt}")
     box_file = read_box_file(args.boxes) if args.boxes is not None else None
     images = {path: read_image(path) for path in args.images}
     boxes = {path: boxes_of(path, box_file, args.boxes) for path in args.images} if box_file is not None else {}

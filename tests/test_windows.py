@@ -16,9 +16,12 @@ from spp_cls.data.synthetic import render_image, synthetic_classes
 from spp_cls.models import TRUNKS, create, feature_map_geometry, spatial_pyramid_pool2d
 from spp_cls.models.backbones import Conv, MaxPool
 from spp_cls.models.windows import (
+    ScaledMaps,
     boxes_to_cells,
+    conv_maps,
     mirror_boxes,
     nearest_scale,
+    pool_on_maps,
     roi_pool_is_exact,
     scaled_size,
     views_on_feature_maps,
@@ -315,3 +318,27 @@ def test_nets_without_a_pyramid_or_a_known_geometry_refuse_windows():
     timm_net = create("resnet18", head="spp", num_classes=3, width=0.0625)
     with pytest.raises(ValueError, match="stride and offset"):
         timm_net.forward_windows(torch.zeros(1, 3, 224, 224), boxes)
+
+
+# ---- CUDA (skipped without a device) -------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_windows_on_the_gpu_pool_the_same_bins_as_on_the_cpu_and_bf16_stays_close():
+    """roi_pool's CUDA kernel computes its bin edges with the same float32 arithmetic: the pooled features of the
+    same conv maps are identical; bf16 autocast logits point where the fp32 ones do (cosine > 0.99)."""
+    net = net_for("zf5", num_classes=21)
+    image = real_image(500, 375)
+    boxes = torch.tensor([[0, 0, 0, 500, 375], [0, 10, 20, 60, 90], [0, 100, 100, 330, 300], [0, 0, 150, 499, 160]],
+                         dtype=torch.float32)
+    scales = (480, 688, 1200)
+    with torch.no_grad():
+        cpu_maps = conv_maps(net, image, scales)
+        on_cpu = pool_on_maps(net, cpu_maps, boxes, (375, 500), scales)
+        net.cuda()
+        on_gpu = pool_on_maps(net, [ScaledMaps(entry.maps.cuda(), entry.image_size) for entry in cpu_maps],
+                              boxes.cuda(), (375, 500), scales)
+        fp32 = net.forward_windows(image.cuda(), boxes.cuda(), scales)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = net.forward_windows(image.cuda(), boxes.cuda(), scales)
+    assert torch.equal(on_gpu.cpu(), on_cpu)
+    assert F.cosine_similarity(bf16.float(), fp32).min().item() > 0.99

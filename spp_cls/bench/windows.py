@@ -66,7 +66,7 @@ TITLES = {"spp_1scale": "SPP 1-scale", "spp_5scale": "SPP 5-scale", "rcnn": "R-C
 
 @dataclass(frozen=True)
 class WindowsSettings:
-    images: int
+    images: int | None
     windows: int
     width: float
     device: str
@@ -104,7 +104,8 @@ def _positive(text: str) -> float:
 def parse_settings(argv: Sequence[str]) -> WindowsSettings:
     parser = _Parser(prog="spp-cls bench windows",
                      description="Detection speed (paper Table 9): SPP-net windows on conv maps against R-CNN crops.")
-    parser.add_argument("--images", type=_at_least_one, default=2, help="images timed (default 2)")
+    parser.add_argument("--images", type=_at_least_one,
+                        help="images timed (default 2, or every image of the --boxes file)")
     parser.add_argument("--windows", type=_at_least_one, default=2000, help="windows per image (default 2000)")
     parser.add_argument("--boxes", type=Path, help="JSON of boxes per image instead of drawn ones")
     parser.add_argument("--width", type=_positive, default=1.0, help="width multiplier of ZF-5 (1.0 = the paper's)")
@@ -152,13 +153,17 @@ def bench_images(count: int, seed: int) -> torch.Tensor:
 def windows_per_image(settings: WindowsSettings) -> list[torch.Tensor]:
     if settings.boxes is None:
         generator = torch.Generator().manual_seed(settings.seed)
-        return [proposal_boxes(settings.windows, IMAGE_SIZE, generator) for _ in range(settings.images)]
+        return [proposal_boxes(settings.windows, IMAGE_SIZE, generator) for _ in range(settings.images or 2)]
     try:
         per_image = list(read_box_file(settings.boxes).items())
-        if len(per_image) < settings.images:
+        if not per_image:
+            raise PredictError(f"box file {settings.boxes} holds no images")
+        if settings.images is not None and len(per_image) < settings.images:
             raise PredictError(f"box file {settings.boxes} holds boxes for {len(per_image)} images, --images asks "
                                f"for {settings.images}")
         for name, boxes in per_image:
+            if not boxes:
+                raise PredictError(f"box file {settings.boxes}: {name!r} has no boxes")
             check_inside(boxes, IMAGE_SIZE[1], IMAGE_SIZE[0], Path(name))
     except PredictError as error:
         raise BenchUsageError(str(error)) from None
