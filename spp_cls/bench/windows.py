@@ -14,9 +14,9 @@ timed per image between device synchronisations:
 "conv" is everything up to the conv5 maps (resizing or warping included), "fc" the pooling and fc6-fc8. The windows
 are drawn reproducibly (seed) with the spread of selective-search proposals: square root of the area log-uniform from
 16 pixels to the image's, aspect ratio log-uniform in [1/3, 3], position uniform; or read from a JSON file (the
-`spp-cls predict --boxes` format, one image per entry in order, boxes inside 500 x 375). The first image is run once
-run untimed first on its first 100 windows (warm-up). The paper's GPU seconds (Tables 9 and 10) are printed beside. No mAP: Pascal VOC and
-selective search are not part of this harness.
+`spp-cls predict --boxes` format, one image per entry in order, boxes inside 500 x 375). Every way runs untimed on
+the first image's first 100 windows first (warm-up). The paper's GPU seconds (Tables 9 and 10) are printed beside.
+No mAP: Pascal VOC and selective search are not part of this harness.
 
 NOTE: R-CNN warps with 16 pixels of context around each box and to 227 x 227 (AlexNet); here the warp is the bare box
 to 224 x 224, the size this network classifies, and the fc time has no SVMs (the paper's includes them).

@@ -152,7 +152,7 @@ def pyramid_pool_cells(maps: torch.Tensor, cell_rois: torch.Tensor, levels: Sequ
     """Pyramid-pool the inclusive cell boxes (K, 5) (map index, x0', y0', x1', y1') of `maps`: (K, C * bins).
 
     The same layout as `spatial_pyramid_pool2d` on each window's cells: levels in order, each (C, n, n) flattened.
-    The maps are pooled in float32: roi_pool computes its bin edges in the maps' dtype, which is exact in float32 only.
+    The maps are pooled in float32: roi_pool computes its bin edges in the maps' dtype, checked exact for float32.
     """
     largest = max(maps.shape[-2:])
     for level in levels:
