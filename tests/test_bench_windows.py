@@ -21,7 +21,7 @@ def test_a_small_run_prints_the_paper_layout_and_writes_the_json(tmp_path, capsy
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"a.jpg": [[0, 0, 500, 375], [10, 20, 60, 90], [100, 100, 300, 200]],
                                  "b.jpg": [[5, 5, 120, 300], [400, 300, 500, 375]]}))
-    assert main(["bench", "windows", "--width", "0.0625", "--images", "2", "--boxes", str(boxes), "--device", "cpu",
+    assert main(["bench", "windows", "--width", "0.0625", "--boxes", str(boxes), "--device", "cpu",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -31,7 +31,8 @@ def test_a_small_run_prints_the_paper_layout_and_writes_the_json(tmp_path, capsy
         assert all(math.isfinite(v) and v > 0 for v in values), (way, values)
         assert math.isclose(report[way]["total_s"], report[way]["conv_s"] + report[way]["fc_s"], rel_tol=1e-9)
     assert math.isclose(report["speedup_1scale"], report["rcnn"]["total_s"] / report["spp_1scale"]["total_s"])
-    assert report["settings"]["windows_per_image"] == [3, 2] and report["settings"]["width"] == 0.0625
+    assert report["settings"]["windows_per_image"] == [3, 2] and report["settings"]["images"] == 2
+    assert report["settings"]["width"] == 0.0625
     assert report["settings"]["scales_5"] == [480, 576, 688, 864, 1200]
     for title in ("conv time", "fc time", "total time", "speed-up (total)", "SPP 1-scale", "SPP 5-scale", "R-CNN"):
         assert title in printed

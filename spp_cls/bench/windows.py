@@ -243,6 +243,7 @@ def run_windows_bench(settings: WindowsSettings) -> dict[str, Any]:
         report[f"conv_speedup_{suffix}"] = report["rcnn"]["conv_s"] / report[way]["conv_s"]
     report["settings"] = {
         **{key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        "images": len(boxes),
         "network": "zf5_spp", "classes": DETECTION_CLASSES, "image_size": list(IMAGE_SIZE),
         "windows_per_image": [len(b) for b in boxes], "scales_1": [DETECTION_SINGLE_SCALE],
         "scales_5": list(DETECTION_SCALES), "rcnn_batch": RCNN_BATCH, "device_name": device_name(device),
