@@ -22,6 +22,7 @@ from spp_cls.models.windows import (
     mirror_boxes,
     nearest_scale,
     pool_on_maps,
+    pyramid_pool_cells,
     roi_pool_is_exact,
     scaled_size,
     views_on_feature_maps,
@@ -105,7 +106,8 @@ def test_boxes_map_to_cells_by_appendix_a():
 def test_roi_pool_bins_are_the_appendix_a_bins_for_the_paper_levels():
     """roi_pool bins [floor(i * (w / n)), ceil((i + 1) * (w / n))) in float32; adaptive_max_pool2d (= Appendix A)
     bins [floor(i * w / n), ceil((i + 1) * w / n)) in integers. Equal on every window of up to 40 x 40 cells for the
-    levels the float check accepts, and the check does reject a level where they differ."""
+    levels the float check accepts, and the check does reject a level where they differ. The pyramid, whose levels
+    3, 2, 1 are taken from level 6's bins, equals spatial_pyramid_pool2d on every such window."""
     generator = torch.Generator().manual_seed(0)
     conv_map = torch.randn(1, 3, 40, 40, generator=generator)
     for level in (1, 2, 3, 4, 6):
@@ -116,6 +118,11 @@ def test_roi_pool_bins_are_the_appendix_a_bins_for_the_paper_levels():
             for width in range(1, 41):
                 adaptive = F.adaptive_max_pool2d(conv_map[..., :height, :width], level)[0]
                 assert torch.equal(pooled[width - 1], adaptive), (level, height, width)
+    for height in range(1, 41):  # the whole pyramid, its coarser levels taken from level 6's bins
+        rois = torch.tensor([[0, 0, 0, width - 1, height - 1] for width in range(1, 41)], dtype=torch.float32)
+        pyramid = pyramid_pool_cells(conv_map, rois, (6, 3, 2, 1))
+        for width in range(1, 41):
+            assert torch.equal(pyramid[width - 1], spatial_pyramid_pool2d(conv_map[..., :height, :width])[0])
     assert not roi_pool_is_exact(13, 64)
     rois = torch.tensor([[0, 0, 0, 13, 13]], dtype=torch.float32)  # 14 cells in 13 bins: float32 puts one edge off
     assert not torch.equal(roi_pool(conv_map, rois, 13, 1.0)[0], F.adaptive_max_pool2d(conv_map[..., :14, :14], 13)[0])

@@ -16,7 +16,8 @@ Pooling: `torchvision.ops.roi_pool` pools all windows of a batch at once, one ca
 w cells and n bins its bin i spans [floor(i * (w / n)), ceil((i + 1) * (w / n))) computed in float32, which is the
 Appendix A bin [floor(i * w / n), ceil((i + 1) * w / n)) (= `adaptive_max_pool2d`) wherever the float product is
 exact. It is for n in {1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 16} up to 4,096 cells (7, 11, 13, 14 and 15 are not), so the
-paper's levels are pooled exactly; a level that is not is refused rather than pooled with other bins.
+paper's levels are pooled exactly; a level that is not is refused rather than pooled with other bins. A level that
+divides a finer one is taken from that level's bins (see `pyramid_pool_cells`).
 """
 from __future__ import annotations
 
@@ -152,15 +153,24 @@ def pyramid_pool_cells(maps: torch.Tensor, cell_rois: torch.Tensor, levels: Sequ
     """Pyramid-pool the inclusive cell boxes (K, 5) (map index, x0', y0', x1', y1') of `maps`: (K, C * bins).
 
     The same layout as `spatial_pyramid_pool2d` on each window's cells: levels in order, each (C, n, n) flattened.
+    A level n that divides a finer level m is the max over k x k blocks (k = m / n) of level m's bins, exactly: its
+    bin j, [floor(j * w / n), ceil((j + 1) * w / n)), is the union of level m's bins j * k .. (j + 1) * k - 1, which
+    touch or overlap. So of {6, 3, 2, 1} only level 6 scans the map (roi_pool), and the others cost nothing.
     The maps are pooled in float32: roi_pool computes its bin edges in the maps' dtype, checked exact for float32.
     """
     largest = max(maps.shape[-2:])
-    for level in levels:
+    maps, cell_rois = maps.float(), cell_rois.float()
+    pooled: dict[int, torch.Tensor] = {}
+    for level in sorted(set(levels), reverse=True):
+        finer = next((m for m in pooled if m % level == 0), None)
+        if finer is not None:
+            pooled[level] = F.max_pool2d(pooled[finer], finer // level)
+            continue
         if not roi_pool_is_exact(level, largest):
             raise ValueError(f"pyramid level {level} cannot be pooled with the Appendix A bins on a map of {largest} "
                              "cells (roi_pool's float32 bin edges differ); use levels such as 1, 2, 3, 4, 6, 8")
-    maps, cell_rois = maps.float(), cell_rois.float()
-    return torch.cat([roi_pool(maps, cell_rois, level, 1.0).flatten(1) for level in levels], 1)
+        pooled[level] = roi_pool(maps, cell_rois, level, 1.0)
+    return torch.cat([pooled[level].flatten(1) for level in levels], 1)
 
 
 def feature_geometry(net: SppNet) -> Geometry:
