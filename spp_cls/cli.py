@@ -7,6 +7,8 @@
     spp-cls models                                        the registered networks and their paper targets
     spp-cls demo                                          the whole path on synthetic data, on the CPU
     spp-cls bench                                         throughput of models, data path and harness
+    spp-cls bench windows                                 the paper's Table 9: SPP windows against R-CNN crops
+    spp-cls predict --ckpt CKPT IMAGE... [--boxes F.json] classify image files (or windows of them)
     spp-cls run-dir --config FILE [--runs_dir DIR]        where that config's run lives (for job scripts)
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": _models,
         "demo": _demo,
         "bench": _bench,
+        "predict": _predict,
         "run-dir": _run_dir,
     }
     if command not in handlers:
@@ -102,6 +105,12 @@ def _bench(argv: list[str]) -> int:
     from .bench import main as bench_main
 
     return bench_main(argv)
+
+
+def _predict(argv: list[str]) -> int:
+    from .predict import main as predict_main
+
+    return predict_main(argv)
 
 
 def _run_dir(argv: list[str]) -> int:

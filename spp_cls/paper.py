@@ -88,3 +88,38 @@ def paper_error(backbone: str, variant: str, protocol: str = "tenview") -> Paper
     if protocol == "multiscale" and (backbone, variant) in MULTIVIEW_96_TOP5:
         return PaperError(None, MULTIVIEW_96_TOP5[(backbone, variant)])
     return None
+
+
+# ---- Tables 9 and 10 [P-10/11]: detection speed on Pascal VOC 2007 -----------------------------------------------
+# GPU seconds per image with ~2,000 selective-search windows: SPP-net ZF-5 pools every window on the conv5 map of
+# the whole image (1 scale s = 688, or 5 scales, each window at the scale where its area is nearest 224 x 224); R-CNN
+# warps every window to 227 x 227 and runs the whole network on it. Table 9's R-CNN is AlexNet (its own paper's
+# figures); Table 10 re-runs R-CNN with the same ZF-5 (average over 100 random VOC images). Keys are those of
+# `spp-cls bench windows`.
+@dataclass(frozen=True)
+class PaperTiming:
+    """GPU seconds per image, as printed: conv layers, fc layers (pooling, fc, SVM), total."""
+
+    conv_s: float
+    fc_s: float
+    total_s: float
+
+
+DETECTION_SCALES: tuple[int, ...] = (480, 576, 688, 864, 1200)
+DETECTION_SINGLE_SCALE = 688
+TABLE9_TIMES: dict[str, PaperTiming] = {
+    "spp_1scale": PaperTiming(0.053, 0.089, 0.142),
+    "spp_5scale": PaperTiming(0.293, 0.089, 0.382),
+    "rcnn": PaperTiming(8.96, 0.07, 9.03),
+}
+TABLE9_SPEEDUPS: dict[str, float] = {"spp_1scale": 64, "spp_5scale": 24}
+"""Total-time speed-up over R-CNN with AlexNet."""
+TABLE10_TIMES: dict[str, PaperTiming] = {
+    "spp_1scale": PaperTiming(0.053, 0.089, 0.142),
+    "spp_5scale": PaperTiming(0.293, 0.089, 0.382),
+    "rcnn": PaperTiming(14.37, 0.089, 14.46),
+}
+TABLE10_SPEEDUPS: dict[str, float] = {"spp_1scale": 102, "spp_5scale": 38}
+"""Total-time speed-up over R-CNN with the same ZF-5."""
+TABLE10_CONV_SPEEDUPS: dict[str, float] = {"spp_1scale": 270, "spp_5scale": 49}
+"""Conv-time speed-up over R-CNN with the same ZF-5 (section 4.3 text)."""

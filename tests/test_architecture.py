@@ -42,21 +42,34 @@ def is_package_module(name: str) -> bool:
         PACKAGE_ROOT.parent / relative / "__init__.py").is_file()
 
 
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """The statements under `if TYPE_CHECKING:`: imports for type hints, never executed."""
+    return {node for block in ast.walk(tree) if isinstance(block, ast.If) and isinstance(block.test, ast.Name)
+            and block.test.id == "TYPE_CHECKING" for statement in block.body for node in ast.walk(statement)}
+
+
 def imports_of(path: Path) -> set[str]:
-    """Every module `path` imports, anywhere in it; `from x import y` counts x, and x.y where y is a module."""
+    """Every module `path` imports, anywhere in it but under `if TYPE_CHECKING:`; `from x import y` counts x.y where
+    y is a module, else x."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    type_only = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if node in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = package.split(".")
             base = base[: len(base) - node.level + 1] if node.level else []
             target = ".".join([*base, node.module] if node.module else base)
-            found.add(target)
-            submodules = (f"{target}.{alias.name}" for alias in node.names)
-            found.update(name for name in submodules if is_package_module(name))
+            names = [f"{target}.{alias.name}" for alias in node.names]
+            submodules = [name for name in names if is_package_module(name)]
+            found.update(submodules)
+            if len(submodules) < len(names):  # the other names are attributes of the module `target`
+                found.add(target)
     found.discard("__future__")
     return found
 

@@ -12,6 +12,7 @@ For each network and training size it measures, on the device it is given (CPU h
   Lightning Trainer against a bare loop, on identical in-memory batches (target: Lightning / bare >= 0.95);
 - the standard 10-view test of each paper SPP network: 10 image crops against the 10 windows on the conv maps of the
   image and its flip (`tenview_fmap`).
+`spp-cls bench windows` measures the paper's Table 9 instead (see bench/windows.py).
 
     spp-cls bench [--model NAME...] [--sizes 224,180] [--batch-size N] [--data synthetic|DIR] [--steps N]
                   [--warmup N] [--width W] [--workers N] [--device cpu|cuda] [--channels-last] [--precision 32|bf16]
@@ -34,8 +35,13 @@ from .settings import BenchUsageError, parse_settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["windows"]:  # `spp-cls bench windows`: detection speed, the paper's Table 9 (bench/windows.py)
+        from .windows import main as windows_main
+
+        return windows_main(argv[1:])
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        settings = parse_settings(argv)
     except BenchUsageError as error:
         print(f"spp-cls bench: error: {error}", file=sys.stderr)
         return 2

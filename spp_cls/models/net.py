@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from . import windows
 from .spp import PAPER_LEVELS, SpatialPyramidPool2d
 
 Head = Literal["spp", "nospp"]
@@ -44,7 +45,9 @@ class SppNet(nn.Module):
     """A conv trunk, a pooling layer (pyramid or fixed window), fc6-fc7 (ReLU, dropout) and the classifier fc8.
 
     Interface as timm models: `forward_features` (the last conv map), `forward_head`, `forward`,
-    `get_classifier`, `reset_classifier`.
+    `get_classifier`, `reset_classifier`; and `forward_windows` / `pool_windows` for many windows of an image on one
+    trunk pass (models/windows.py). `feature_geometry` is (S, O) of the last conv map (cell j centred on input pixel
+    S * j + O), None where the trunk's is not known.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class SppNet(nn.Module):
             fc_width: int = 4096,
             dropout: float = 0.5,
             min_input_size: int = 1,
+            feature_geometry: windows.Geometry | None = None,
     ) -> None:
         super().__init__()
         self.trunk = trunk
@@ -64,6 +68,7 @@ class SppNet(nn.Module):
         self.num_features = fc_width
         self.num_classes = num_classes
         self.min_input_size = min_input_size
+        self.feature_geometry = feature_geometry
         self.fc6 = nn.Linear(self.pooled_features, fc_width)
         self.fc7 = nn.Linear(fc_width, fc_width)
         self.relu = nn.ReLU(inplace=True)
@@ -94,6 +99,17 @@ class SppNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_windows(self, x: torch.Tensor, boxes: windows.Boxes, scales: Sequence[int] | None = None,
+                        pre_logits: bool = False) -> torch.Tensor:
+        """Logits (or fc7 features) of pixel boxes of a batch, one trunk pass per image and scale: see
+        `windows.forward_windows`."""
+        return windows.forward_windows(self, x, boxes, scales, pre_logits)
+
+    def pool_windows(self, x: torch.Tensor, boxes: windows.Boxes,
+                     scales: Sequence[int] | None = None) -> torch.Tensor:
+        """The pyramid-pooled features (fc6's input) of pixel boxes of a batch: see `windows.forward_windows`."""
+        return windows.pool_windows(self, x, boxes, scales)
 
     def get_classifier(self) -> nn.Module:
         return self.fc8

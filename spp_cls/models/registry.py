@@ -17,7 +17,7 @@ from torch import nn
 
 from ..paper import BACKBONES, RANDOM_SIZE, TABLE2, PaperError
 from ..protocol import IMAGENET_PIXEL_STATISTICS, VARIANTS
-from .backbones import TRUNKS, build_trunk, conv_map_size, min_input_size, scaled_width
+from .backbones import TRUNKS, build_trunk, conv_map_size, feature_map_geometry, min_input_size, scaled_width
 from .init import Init, init_head, init_trunk
 from .net import Head, SppNet, make_pool
 from .spp import PAPER_LEVELS, SpatialPyramidPool2d
@@ -110,6 +110,7 @@ def build_paper_net(
         fc_width=scaled_width(4096, width),
         dropout=dropout,
         min_input_size=min_input_size(spec),
+        feature_geometry=feature_map_geometry(spec),
     )
     init_trunk(net.trunk, init)
     init_head([m for m in (net.fc6, net.fc7, net.fc8) if isinstance(m, nn.Linear)], init)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.stream.views import ten_view_boxes
-from ..models import PAPER_LEVELS, TRUNKS, create, feature_map_geometry
+from ..models import PAPER_LEVELS, create
 from ..models.init import Init
 from ..models.net import Head
 from ..models.windows import views_on_feature_maps
@@ -213,7 +213,7 @@ class SppClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         views, labels, valid = batch
         if getattr(self.trainer.datamodule, "test_views", None) == "tenview_fmap":
-            probabilities = torch.cat([self.tenview_fmap_scores(image[None]) for image in views[:, 0]])
+            probabilities = self.tenview_fmap_scores(views[:, 0])
         else:
             probabilities = self.view_scores(views)
         self.eval_sums.update(probabilities, labels, valid)
@@ -224,14 +224,10 @@ class SppClassifier(pl.LightningModule):
         logits = self(views.flatten(0, 1))
         return logits.float().softmax(dim=1).view(batch_size, num_views, -1).mean(dim=1)
 
-    def tenview_fmap_scores(self, image: torch.Tensor) -> torch.Tensor:
-        """The standard 10 views on the conv maps of one uint8 (1, 3, H, W) image at s=256: (1, num_classes)."""
-        if self.hparams.backbone not in TRUNKS:
-            raise ValueError(f"tenview_fmap needs one of the paper backbones ({', '.join(TRUNKS)}): it maps windows "
-                             "with their strides and paddings")
-        geometry = feature_map_geometry(TRUNKS[self.hparams.backbone])
-        windows = ten_view_boxes(image.shape[-1], image.shape[-2])
-        return views_on_feature_maps(self.net, self.normalise(image), windows, geometry)
+    def tenview_fmap_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """The standard 10 views on the conv maps of uint8 (B, 3, H, W) images at s=256: (B, num_classes)."""
+        windows = ten_view_boxes(images.shape[-1], images.shape[-2])
+        return views_on_feature_maps(self.net, self.normalise(images), windows)
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test", "test")
