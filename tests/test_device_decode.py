@@ -154,7 +154,7 @@ def test_header_corrupt_samples_are_skipped_before_any_draw_as_on_the_cpu_path(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = jpeg_bytes(240, 232, seed=3)
     paths = write_shards(tmp_path, [6], extra={2: {"jpg": b"garbage"}, 3: {"jpg": good[: len(good) // 2]}})
-    options = {"rank": 0, "world_size": 1, "seed": 0, "epoch": 0, "shuffle_buffer": 0, "max_corrupt_fraction": 0.4}
+    options = {"rank": 0, "world_size": 1, "seed": 0, "epoch": 0, "shuffle_buffer": 0, "shard_counts": [6]}
     with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
         shipped = [batch for _, batch in zip(range(4), JpegTrainStream(paths, 6, 2, **options))]
     expected = [batch for _, batch in zip(range(4), TrainStream(paths, 6, 2, **options))]
