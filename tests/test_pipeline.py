@@ -250,7 +250,7 @@ def test_a_truncated_shard_counts_what_it_lost_against_the_manifest_and_the_stre
     Path(paths[0]).write_bytes(data[: len(data) // 2])
     tally = CorruptTally(paths)
     stream = EvalStream(paths, eval_assignment([4, 3], 1, 1)[0], 7, 8, center_view)
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.corrupt"):
+    with caplog.at_level(logging.WARNING):
         labels = [label for _, batch, _ in stream.batches(tally) for label in batch.tolist()]
     assert labels[-3:] == [4, 5, 6] and len(labels) < 7
     assert tally.take().counts == ((0, 7 - len(labels)),)  # every sample of the shard not evaluated, once

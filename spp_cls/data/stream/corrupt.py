@@ -3,8 +3,9 @@ against a budget that is a fraction of the samples of the whole pass (a training
 
 - A loader worker keeps a :class:`CorruptTally`: each undecodable sample is logged with its key, shard and reason;
   a shard that holds fewer samples than its manifest lists (truncated, unreadable) is logged once per read with the
-  number it lost, and those samples count as corrupt. The worker raises nothing: with every batch it ships a
-  :class:`CorruptReport` of what it met since the last one.
+  number it lost, and those samples count as corrupt where the (shuffled) sample order reaches the
+  :class:`MissingSamples` that stands for them, so an epoch counts the losses among the samples it consumed. The
+  worker raises nothing: with every batch it ships a :class:`CorruptReport` of what it met since the last one.
 - The training process (each rank) adds the reports of all its workers into a :class:`CorruptBudget`. A pass may hold
   ``floor(max_fraction * samples)`` corrupt or missing samples, ``samples`` being what the manifest says the pass
   reads; past that :meth:`CorruptBudget.judge` raises :class:`TooManyCorruptSamples` naming the worst shards.
@@ -55,8 +56,6 @@ class MissingSamples:
 
     shard: str
     count: int
-    read: int
-    expected: int
     reason: str
 
 
@@ -72,8 +71,7 @@ class CorruptTally:
         self._pending[self._index[shard]] += 1
 
     def record_missing(self, missing: MissingSamples) -> None:
-        log.warning("%s: %d of the %d samples its manifest lists here were not read (%s); counted as corrupt",
-                    missing.shard, missing.count, missing.expected, missing.reason)
+        """Counts the samples a short shard lost (the reader logged the shard when it found it short)."""
         self._pending[self._index[missing.shard]] += missing.count
 
     def take(self) -> CorruptReport | None:

@@ -198,13 +198,14 @@ def shard_samples(path: str, piece: ShardSlice) -> Iterator[dict[str, Any] | Mis
     """The raw samples (``__key__``, ``__url__``, ``jpg`` bytes, ``cls`` bytes) of one slice of the shard at ``path``,
     in order; then, if the shard held fewer than the slice's count, one :class:`MissingSamples` for the rest.
 
-    A tar that cannot be opened or ends early (truncated, damaged header) ends the slice there; a sample cut in two
-    comes out without one of its members and is counted as corrupt where it is read.
+    A tar that cannot be opened or ends early (truncated, damaged header) ends the slice there, named in the log once
+    per read; a sample cut in two comes out without one of its members and is counted as corrupt where it is read.
     """
     errors: list[str] = []
 
     def note_error(exn: Exception) -> bool:
-        errors.append(f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}")
+        message = str(exn.args[0]).split(" @ ")[0] if exn.args else str(exn)  # webdataset appends " @ <file object>"
+        errors.append(f"{type(exn).__name__}: {message}")
         return True  # go on: webdataset then stops reading this tar at the damage
 
     read = 0
@@ -217,7 +218,10 @@ def shard_samples(path: str, piece: ShardSlice) -> Iterator[dict[str, Any] | Mis
         read += 1
         yield sample
     if read < piece.count:
-        yield MissingSamples(path, piece.count - read, read, piece.count, errors[0] if errors else "the tar ends early")
+        missing = MissingSamples(path, piece.count - read, errors[0] if errors else "the tar ends early")
+        log.warning("%s: %d of the %d samples its manifest lists here were not read (%s); they count as corrupt "
+                    "where the sample order reaches them", path, missing.count, piece.count, missing.reason)
+        yield missing
 
 
 def collate_train(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
