@@ -7,7 +7,6 @@ that epoch 0 reads first cut to half its bytes.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -83,10 +82,10 @@ def test_past_the_budget_a_fit_stops_with_one_error_line_naming_the_shard_and_ex
     assert main(["fit", *demo_fit_args(root, tmp_path)]) == 2
     err = capfd.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("spp-cls: error:")]
-    assert errors == [
-        f"spp-cls: error: {lost} corrupt or missing samples in training epoch 0 (train shards), more than the 1 that "
-        f"max_corrupt_fraction 0.001 allows of its 1000: {name} ({lost}); check the shards with "
-        f"`spp-cls shards --verify {root}` (SPP_CLS_DEBUG=1 shows the traceback)"]
+    expected = (f"spp-cls: error: {lost} corrupt or missing samples in training epoch 0 (train shards), more than the "
+                f"1 that max_corrupt_fraction 0.001 allows of its 1000: {name} ({lost}); check the shards with "
+                f"`spp-cls shards --verify {root}` (SPP_CLS_DEBUG=1 shows the traceback)")
+    assert errors == [expected]
     assert "Traceback" not in err
 
 
@@ -103,10 +102,3 @@ def test_past_the_budget_every_ddp_rank_stops_at_the_same_step_and_one_line_says
     assert len(errors) == 1 and name in errors[0] and "spp-cls shards --verify" in errors[0], done.stdout[-3000:]
     assert "Traceback" not in done.stdout, done.stdout[-3000:]
 
-
-def one_val_shard(demo_shards: Path, imagenet_folder: Path, out: Path) -> Path:
-    """The demo_shards train split beside its 15 val images written into a single val shard."""
-    shutil.copytree(demo_shards / "train", out / "train")
-    convert(imagenet_folder, out, splits=["val"], shard_size=4, val_shard_size=100)
-    assert len(Manifest.load(out / "val").shards) == 1
-    return out
