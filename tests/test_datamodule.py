@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from datamodule_probe import RecordingModule, make_trainer, sample_digest, train_digests, val_digests
 
+from spp_cls.data.stream.corrupt import TooManyCorruptSamples
 from spp_cls.data.stream.datamodule import ShardDataModule
 
 
@@ -96,6 +98,20 @@ def test_short_ranks_are_padded_with_masked_samples(demo_shards: Path) -> None:
     assert len(rank1) == 4
     images, labels, valid = rank1[-1]
     assert images.shape == (1, 3, 224, 224) and not valid.any() and labels.tolist() == [0]
+
+
+def test_a_truncated_val_shard_within_the_budget_lowers_the_exact_count_by_what_it_lost(
+        demo_shards: Path, tmp_path: Path) -> None:
+    root = tmp_path / "shards"
+    shutil.copytree(demo_shards, root)
+    shard = root / "val" / "val-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])
+    datamodule = ShardDataModule(str(root), num_workers=0, eval_batch_size=4, max_corrupt_fraction=0.3)
+    evaluated = sum(int(valid.sum()) for _, _, valid in datamodule.eval_loader("validate", 0, 1))
+    assert evaluated < 15 and evaluated == datamodule.expected_count("validate")  # what the module checks
+    with pytest.raises(TooManyCorruptSamples, match=r"in the validate pass \(val shards\), more than the 0 that .* "
+                                                    r"val-000001.tar \(\d\); check the shards with `spp-cls shards"):
+        list(ShardDataModule(str(root), num_workers=0).eval_loader("validate", 0, 1))
 
 
 @pytest.mark.parametrize(("protocol", "batch_size", "shape"), [
