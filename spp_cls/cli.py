@@ -51,8 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPP_CLS_DEBUG") == "1":
             raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"spp-cls: error: {message} (SPP_CLS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        if command not in LIGHTNING_COMMANDS or _global_rank_zero():
+            print(f"spp-cls: error: {message} (SPP_CLS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
+
+
+def _global_rank_zero() -> bool:
+    """Whether this process prints a run's error: every rank of a DDP run meets the same bad input (the data stops
+    them all at the same batch), and one line says it."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
 
 
 def _shards(argv: list[str]) -> int:

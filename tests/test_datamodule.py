@@ -6,7 +6,9 @@ Data: the ``demo_shards`` fixture (60 train samples in 15 shards of 4; 15 val sa
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import torch
 from datamodule_probe import RecordingModule, make_trainer, sample_digest, train_digests, val_digests
 
+from spp_cls.data.stream.corrupt import TooManyCorruptSamples
 from spp_cls.data.stream.datamodule import ShardDataModule
 
 
@@ -64,7 +67,12 @@ def test_train_order_is_reproducible_per_seed_and_epoch_and_differs_across_ranks
     assert epoch0_rank0 != train_digests(other_seed, 0, 0, 2)
 
 
-@pytest.mark.parametrize(("world_size", "workers", "eval_batch_size"), [(1, 0, 4), (2, 0, 4), (2, 2, 3), (3, 0, 2)])
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+@pytest.mark.parametrize(("world_size", "workers", "eval_batch_size"), [
+    (1, 0, 4), (2, 0, 4), (2, 2, 3), (3, 0, 2),
+    (1, 6, 4),  # 4 val shards feed 4 of 6 eval workers
+    (6, 2, 2), (16, 0, 1),  # fewer val shards than ranks: ranges of samples, some ranks only padding
+])
 def test_validation_counts_every_image_once_over_ranks_with_equal_batch_counts(
         demo_shards: Path, world_size: int, workers: int, eval_batch_size: int) -> None:
     datamodule = ShardDataModule(str(demo_shards), num_workers=workers, eval_batch_size=eval_batch_size)
@@ -91,6 +99,20 @@ def test_short_ranks_are_padded_with_masked_samples(demo_shards: Path) -> None:
     assert len(rank1) == 4
     images, labels, valid = rank1[-1]
     assert images.shape == (1, 3, 224, 224) and not valid.any() and labels.tolist() == [0]
+
+
+def test_a_truncated_val_shard_within_the_budget_lowers_the_exact_count_by_what_it_lost(
+        demo_shards: Path, tmp_path: Path) -> None:
+    root = tmp_path / "shards"
+    shutil.copytree(demo_shards, root)
+    shard = root / "val" / "val-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])
+    datamodule = ShardDataModule(str(root), num_workers=0, eval_batch_size=4, max_corrupt_fraction=0.3)
+    evaluated = sum(int(valid.sum()) for _, _, valid in datamodule.eval_loader("validate", 0, 1))
+    assert evaluated < 15 and evaluated == datamodule.expected_count("validate")  # what the module checks
+    with pytest.raises(TooManyCorruptSamples, match=r"in the validate pass \(val shards\), more than the 0 that .* "
+                                                    r"val-000001.tar \(\d\); check the shards with `spp-cls shards"):
+        list(ShardDataModule(str(root), num_workers=0).eval_loader("validate", 0, 1))
 
 
 @pytest.mark.parametrize(("protocol", "batch_size", "shape"), [
@@ -134,20 +156,25 @@ def test_a_trainer_that_does_not_reload_every_epoch_is_refused(demo_shards: Path
         make_trainer(max_epochs=1, reload_every=0).fit(RecordingModule(), datamodule=datamodule)
 
 
-def test_validation_refuses_fewer_val_shards_than_ranks_times_workers(demo_shards: Path) -> None:
-    datamodule = ShardDataModule(str(demo_shards), num_workers=5)
-    with pytest.raises(ValueError, match="4 evaluation shards cannot feed 1 ranks x 5 loader workers"):
-        make_trainer().validate(RecordingModule(), datamodule=datamodule)
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+def test_a_validation_with_more_eval_workers_than_val_shards_runs_and_says_how_many_it_uses(
+        demo_shards: Path, caplog: pytest.LogCaptureFixture) -> None:
+    datamodule = ShardDataModule(str(demo_shards), num_workers=5, eval_batch_size=4)
+    module = RecordingModule()
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero"):
+        make_trainer().validate(module, datamodule=datamodule)
+    notes = [record.getMessage() for record in caplog.records if "val shards" in record.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith("spp-cls: 4 val shards feed 4 of the 5 eval loader workers per rank")
+    seen = Counter(digest for batch in module.records["validate"] for digest in batch["digests"])
+    assert seen == val_digests(demo_shards)
 
 
-def test_eval_workers_can_be_fewer_than_training_workers(demo_shards: Path) -> None:
-    """4 val shards cannot feed 2 ranks x 5 workers, but 2 ranks x 2 eval workers while training keeps 5."""
-    with pytest.raises(ValueError, match="lower data.eval_workers"):
-        ShardDataModule(str(demo_shards), num_workers=5).eval_loader("validate", rank=0, world_size=2)
-    datamodule = ShardDataModule(str(demo_shards), num_workers=5, eval_workers=2, eval_batch_size=3)
-    seen = [int(label) for rank in (0, 1) for _, labels, valid in datamodule.eval_loader("validate", rank, 2)
-            for label in labels[valid]]
-    assert len(seen) == 15 and sorted(seen) == sorted([c for c in range(5) for _ in range(3)])
+def test_fewer_val_shards_than_ranks_are_read_in_one_range_per_rank_and_said_so(demo_shards: Path) -> None:
+    datamodule = ShardDataModule(str(demo_shards), num_workers=2)
+    datamodule.world_size = 6
+    assert datamodule.eval_streams_note() == ("spp-cls: 4 val shards for 6 ranks: each rank reads one range of "
+                                              "about 2 val samples in one loader stream")
+    assert [len(streams) for streams in datamodule.eval_assignment()] == [1] * 6
 
 
 class ParentPidStream(torch.utils.data.IterableDataset):

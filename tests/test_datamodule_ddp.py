@@ -2,13 +2,15 @@
 (2 epochs), validate and test on 2 ranks and each rank dumps what it was fed.
 
 Data: ``demo_shards`` (60 train samples in 15 shards; an odd 15 val samples in 4 shards of 4, 4, 4, 3). With
-2 ranks x 2 workers and batches of 3, rank 1 has one batch fewer than rank 0 and must be padded.
+2 ranks x 2 workers and batches of 3, rank 1 has one batch fewer than rank 0 and must be padded; with 3 workers the
+4 val shards feed 2 of them per rank. ``one_val_shard``: the same 15 val images in a single shard, fewer than ranks.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,6 +19,8 @@ import pytest
 from datamodule_probe import train_digests, val_digests
 from helpers import run_hard_timeout
 
+from spp_cls.data.manifest import Manifest
+from spp_cls.data.shards.convert import convert
 from spp_cls.data.stream.datamodule import ShardDataModule
 
 PROBE = Path(__file__).with_name("datamodule_probe.py")
@@ -49,7 +53,7 @@ def assert_exact_evaluation(ranks: list[list[dict]], expected: Counter[str], bat
 @pytest.fixture(scope="module")
 def ddp_run(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "out"
-    run_probe(demo_shards, out, "--strategy", "ddp", "--workers", "0", "2", timeout=240)
+    run_probe(demo_shards, out, "--strategy", "ddp", "--workers", "0", "2", "3", timeout=360)
     return out
 
 
@@ -76,7 +80,7 @@ def test_ddp_training_gives_both_ranks_equal_full_batches_of_different_reproduci
         assert per_epoch[rank][1] == train_digests(datamodule, epoch=1, rank=rank, world_size=2)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, 2, 3])  # 3: more ranks x eval workers than val shards
 def test_ddp_validation_counts_each_image_exactly_once(ddp_run: Path, demo_shards: Path, workers: int) -> None:
     ranks = load(ddp_run, f"ddp-w{workers}", "validate")
     batches = probe_datamodule(demo_shards, workers).eval_batches_per_rank("validate", world_size=2)
@@ -85,7 +89,7 @@ def test_ddp_validation_counts_each_image_exactly_once(ddp_run: Path, demo_shard
         assert [batch["size"] for batch in ranks[1]][-1] == 1 and ranks[1][-1]["digests"] == []
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, 2, 3])
 def test_ddp_tenview_test_counts_each_image_exactly_once(ddp_run: Path, demo_shards: Path, workers: int) -> None:
     ranks = load(ddp_run, f"ddp-w{workers}", "test")
     assert all(batch["shape"][1:] == [10, 3, 224, 224] for batches in ranks for batch in batches)
@@ -100,3 +104,25 @@ def test_ddp_spawn_validation_with_workers_counts_each_image_exactly_once(
     run_probe(demo_shards, out, "--strategy", "ddp_spawn", "--workers", "2", "--stages", "validate", timeout=240)
     batches = probe_datamodule(demo_shards, 2).eval_batches_per_rank("validate", world_size=2)
     assert_exact_evaluation(load(out, "ddp_spawn-w2", "validate"), val_digests(demo_shards), batches)
+
+
+@pytest.fixture(scope="module")
+def one_val_shard(demo_shards: Path, imagenet_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo_shards train split beside its 15 val images written into a single val shard."""
+    out = tmp_path_factory.mktemp("one-val-shard")
+    shutil.copytree(demo_shards / "train", out / "train")
+    convert(imagenet_folder, out, splits=["val"], shard_size=4, val_shard_size=100)
+    assert [shard.count for shard in Manifest.load(out / "val").shards] == [15]
+    return out
+
+
+def test_ddp_evaluation_of_fewer_val_shards_than_ranks_splits_the_shard_and_counts_each_image_once(
+        one_val_shard: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_probe(one_val_shard, out, "--strategy", "ddp", "--workers", "2", "--stages", "validate", "test", timeout=240)
+    datamodule = probe_datamodule(one_val_shard, 2)
+    for stage, protocol in (("validate", "center"), ("test", "tenview")):
+        ranks = load(out, "ddp-w2", stage)
+        assert_exact_evaluation(ranks, val_digests(one_val_shard, protocol),
+                                datamodule.eval_batches_per_rank(stage, world_size=2))
+        assert [sum(len(batch["digests"]) for batch in batches) for batches in ranks] == [7, 8]  # a range each

@@ -200,7 +200,7 @@ def test_header_corrupt_samples_are_skipped_before_any_draw_as_on_the_cpu_path(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = noise_jpeg(240, 232, seed=3)
     paths = write_shards(tmp_path, [6], extra={2: {"jpg": b"garbage"}, 3: {"jpg": good[: len(good) // 2]}})
-    options = {"rank": 0, "world_size": 1, "seed": 0, "epoch": 0, "shuffle_buffer": 0, "max_corrupt_fraction": 0.4}
+    options = {"rank": 0, "world_size": 1, "seed": 0, "epoch": 0, "shuffle_buffer": 0, "shard_counts": [6]}
     with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
         shipped = [batch for _, batch in zip(range(4), JpegTrainStream(paths, 6, 2, **options))]
     expected = [batch for _, batch in zip(range(4), TrainStream(paths, 6, 2, **options))]
@@ -235,6 +235,25 @@ def test_past_the_budget_a_decode_failure_stops_naming_the_file_and_its_shard() 
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, seed, f"k{seed}") for seed, jpeg in enumerate(files)])
     with pytest.raises(TooManyCorruptSamples, match="k1 in shard shard.tar: JPEG does not decode"):
         decoded(batch, CorruptSampleBudget(max_fraction=0.0))
+
+
+def test_a_decode_failure_is_judged_with_the_training_epochs_budget_naming_its_shard(demo_shards: Path) -> None:
+    """Under the datamodule a file the device cannot read goes into the epoch's CorruptBudget, which every rank
+    judges at the same batch; past the budget the run stops naming the shard, as for the workers' reports."""
+    datamodule = ShardDataModule(str(demo_shards), decode="device", max_corrupt_fraction=0.0)
+    shard = datamodule.train_manifest.shard_paths[3]
+    files = [noise_jpeg(240, 232, seed=0), with_bogus_huffman_table(noise_jpeg(240, 232, seed=1))]
+    batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, seed, f"k{seed}")._replace(shard=str(shard))
+                           for seed, jpeg in enumerate(files)])
+    decoder = datamodule.device_decoder(torch.device("cpu"))
+    decoder(batch)  # before the first epoch: logged and counted only
+    assert (datamodule.decode_failures.seen, datamodule.decode_failures.corrupt) == (2, 1)
+    budget = datamodule._budget(datamodule.train_manifest, "training epoch 0", 0, 1)
+    datamodule.budgets["fit"] = budget
+    decoder(batch)
+    assert budget.local[3] == 1 and budget.local.sum() == 1
+    with pytest.raises(TooManyCorruptSamples, match=f"{shard.name} \\(1\\)"):
+        budget.judge()
 
 
 def test_a_file_whose_size_is_not_the_one_its_window_was_drawn_for_is_replaced() -> None:
@@ -315,7 +334,7 @@ def test_a_real_trainer_gets_decoded_batches_equal_to_the_cpu_paths(demo_shards:
     for epoch in (0, 1):
         recorded = [batch["digests"] for batch in module.records["train"] if batch["epoch"] == epoch]
         assert recorded == train_digests(on_cpu, epoch, 0, 1)
-    assert datamodule.decode_budget.seen == 2 * 60 and datamodule.decode_budget.corrupt == 0
+    assert datamodule.decode_failures.seen == 2 * 60 and datamodule.decode_failures.corrupt == 0
 
 
 @pytest.mark.slow

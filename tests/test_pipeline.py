@@ -16,6 +16,8 @@ import torch
 from helpers import coordinate_image, noise_jpeg, write_shards
 from PIL import Image
 
+from spp_cls.data.stream.corrupt import CorruptTally
+from spp_cls.data.stream.eval_shards import ShardSlice, eval_assignment
 from spp_cls.data.stream.pipeline import (
     CorruptSample,
     CorruptSampleBudget,
@@ -23,7 +25,6 @@ from spp_cls.data.stream.pipeline import (
     TooManyCorruptSamples,
     TrainStream,
     decode_rgb,
-    eval_shard_assignment,
     parse_label,
     shard_order,
     train_crop,
@@ -119,13 +120,36 @@ def test_shard_order_is_common_per_seed_and_epoch_and_visits_every_shard_per_rou
         assert sorted(order[start : start + 7]) == list(range(7))
 
 
-def test_eval_shard_assignment_reads_every_shard_once() -> None:
-    assignment = eval_shard_assignment(7, world_size=2, workers=3)
-    flat = [i for per_rank in assignment for per_worker in per_rank for i in per_worker]
-    assert sorted(flat) == list(range(7))
-    assert assignment[1][0] == [3]
-    with pytest.raises(ValueError, match="5 evaluation shards cannot feed 2 ranks x 3 loader workers"):
-        eval_shard_assignment(5, world_size=2, workers=3)
+def samples_read(assignment: list[list[list[ShardSlice]]], counts: list[int]) -> list[tuple[int, int]]:
+    """(shard, position) of every sample the streams of ``assignment`` read, in stream order."""
+    return [(piece.shard, position) for per_rank in assignment for slices in per_rank for piece in slices
+            for position in range(piece.start, piece.stop)]
+
+
+def test_eval_assignment_gives_whole_shards_to_as_many_streams_as_the_shards_feed() -> None:
+    counts = [4, 4, 4, 4, 4, 4, 3]
+    assignment = eval_assignment(counts, world_size=2, workers=3)
+    assert [[[piece.shard for piece in slices] for slices in per_rank] for per_rank in assignment] == [
+        [[0, 6], [1], [2]], [[3], [4], [5]]]
+    assert sorted(samples_read(assignment, counts)) == [(s, p) for s, n in enumerate(counts) for p in range(n)]
+    assert all(piece.to_end and piece.start == 0 for per_rank in assignment for slices in per_rank
+               for piece in slices)
+    fewer = eval_assignment(counts[:5], world_size=2, workers=3)  # 5 shards feed 2 streams per rank, not 3
+    assert [len(per_rank) for per_rank in fewer] == [2, 2]
+    assert sorted(samples_read(fewer, counts[:5])) == [(s, p) for s in range(5) for p in range(4)]
+
+
+@pytest.mark.parametrize("world_size", [4, 5, 16])
+def test_eval_assignment_with_fewer_shards_than_ranks_splits_the_samples_by_range(world_size: int) -> None:
+    counts = [5, 4, 6]
+    assignment = eval_assignment(counts, world_size=world_size, workers=6)
+    assert all(len(per_rank) == 1 for per_rank in assignment)  # one stream per rank
+    read = samples_read(assignment, counts)
+    assert read == [(s, p) for s, n in enumerate(counts) for p in range(n)]  # each once, ranks in order
+    sizes = [sum(piece.count for piece in per_rank[0]) for per_rank in assignment]
+    assert max(sizes) - min(sizes) <= 1
+    ends = [piece for per_rank in assignment for piece in per_rank[0] if piece.stop == counts[piece.shard]]
+    assert all(piece.to_end for piece in ends) and len(ends) == len(counts)
 
 
 def train_labels(stream: TrainStream, batches: int) -> list[list[int]]:
@@ -142,7 +166,8 @@ def test_train_stream_is_reproducible_per_seed_epoch_and_differs_per_rank(tmp_pa
     paths = write_shards(tmp_path, [6, 6, 6, 6])
 
     def stream(rank: int, epoch: int) -> TrainStream:
-        return TrainStream(paths, 24, 4, rank=rank, world_size=2, seed=5, epoch=epoch, shuffle_buffer=8)
+        return TrainStream(paths, 24, 4, shard_counts=[6] * 4, rank=rank, world_size=2, seed=5, epoch=epoch,
+                           shuffle_buffer=8)
 
     rank0 = train_labels(stream(0, 0), 5)
     assert rank0 == train_labels(stream(0, 0), 5)
@@ -152,26 +177,18 @@ def test_train_stream_is_reproducible_per_seed_epoch_and_differs_per_rank(tmp_pa
 
 def test_train_stream_skips_and_logs_a_corrupt_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     paths = write_shards(tmp_path, [5], extra={2: {"jpg": b"garbage"}})
-    # the only shard is resampled, so the corrupt sample comes back once per 5 samples: allow that fraction
-    stream = TrainStream(paths, 5, 4, rank=0, world_size=1, seed=0, epoch=0, shuffle_buffer=0,
-                         max_corrupt_fraction=0.25)
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
-        labels = train_labels(stream, 3)
+    stream = TrainStream(paths, 5, 4, shard_counts=[5], rank=0, world_size=1, seed=0, epoch=0, shuffle_buffer=0)
+    tally = CorruptTally(paths)
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.corrupt"):
+        labels = [labels.tolist() for _, (_, labels) in zip(range(3), stream.batches(tally))]
     assert 2 not in {label for batch in labels for label in batch}
     assert f"img00002 in {paths[0]}: JPEG does not decode: Not a JPEG file" in caplog.text
-
-
-def test_train_stream_stops_past_the_corrupt_fraction_naming_the_shard(tmp_path: Path) -> None:
-    paths = write_shards(tmp_path, [4], extra={1: {"cls": b"99"}})
-    stream = TrainStream(paths, 4, 2, rank=0, world_size=1, seed=0, epoch=0, shuffle_buffer=0,
-                         max_corrupt_fraction=0.0)
-    with pytest.raises(TooManyCorruptSamples, match=r"img00001 in shard .*train-000000.tar: cls 99 is outside"):
-        train_labels(stream, 2)
+    assert tally.take().counts == ((0, 3),)  # the only shard is resampled: 3 reads of it for 12 good samples
 
 
 def test_eval_stream_yields_every_image_once_with_views_and_partial_last_batch(tmp_path: Path) -> None:
     paths = write_shards(tmp_path, [3, 2], size=(300, 260))
-    batches = list(EvalStream(paths, 5, 2, center_view, rank=0, world_size=1))
+    batches = list(EvalStream(paths, eval_assignment([3, 2], 1, 1)[0], 5, 2, center_view))
     assert [len(labels) for _, labels, _ in batches] == [2, 2, 1]  # the worker's shards in order, last batch partial
     assert torch.cat([labels for _, labels, _ in batches]).tolist() == [0, 1, 2, 3, 4]
     assert all(valid.all() and valid.dtype == torch.bool for _, _, valid in batches)
@@ -188,18 +205,33 @@ def test_streams_never_unpickle_sample_members(tmp_path: Path) -> None:
 
     hostile = pickle.dumps(Payload())
     paths = write_shards(tmp_path, [3], extra={0: {"pyd": hostile, "pickle": hostile}, 1: {"cls": hostile}})
-    labels = [label for _, batch, _ in EvalStream(paths, 3, 4, center_view, rank=0, world_size=1,
-                                                  max_corrupt_fraction=0.5) for label in batch.tolist()]
+    labels = [label for _, batch, _ in EvalStream(paths, eval_assignment([3], 1, 1)[0], 3, 4, center_view)
+              for label in batch.tolist()]
     assert labels == [0, 2]  # the sample whose cls is a pickle is counted as corrupt, never loaded
     assert not marker.exists()
 
 
-def test_a_truncated_shard_is_counted_and_the_stream_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_truncated_shard_counts_what_it_lost_against_the_manifest_and_the_stream_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     paths = write_shards(tmp_path, [4, 3])
     data = Path(paths[0]).read_bytes()
     Path(paths[0]).write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
-        labels = [label for _, batch, _ in EvalStream(paths, 7, 8, center_view, rank=0, world_size=1,
-                                                      max_corrupt_fraction=0.5) for label in batch.tolist()]
+    tally = CorruptTally(paths)
+    stream = EvalStream(paths, eval_assignment([4, 3], 1, 1)[0], 7, 8, center_view)
+    with caplog.at_level(logging.WARNING):
+        labels = [label for _, batch, _ in stream.batches(tally) for label in batch.tolist()]
     assert labels[-3:] == [4, 5, 6] and len(labels) < 7
-    assert paths[0] in caplog.text
+    assert tally.take().counts == ((0, 7 - len(labels)),)  # every sample of the shard not evaluated, once
+    missing = [record.getMessage() for record in caplog.records if "not read" in record.getMessage()]
+    assert len(missing) == 1 and missing[0].startswith(f"{paths[0]}: ") and "of the 4 samples" in missing[0]
+
+
+def test_a_slice_of_a_shard_reads_its_range_and_a_slice_to_the_end_reads_past_the_manifests_count(
+        tmp_path: Path) -> None:
+    paths = write_shards(tmp_path, [5])
+
+    def labels(piece: ShardSlice) -> list[int]:
+        return [label for _, batch, _ in EvalStream(paths, [[piece]], 5, 8, center_view) for label in batch.tolist()]
+
+    assert labels(ShardSlice(0, 1, 3, False)) == [1, 2]
+    assert labels(ShardSlice(0, 3, 4, True)) == [3, 4]  # a manifest that says 4: the fifth sample is not dropped

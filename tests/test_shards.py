@@ -394,6 +394,16 @@ def test_rerun_with_other_settings_into_the_same_folder_is_refused(imagenet_fold
     assert error.count("\n") == 1 and "convert into an empty --out" in error
 
 
+def test_val_shards_default_to_100_files_so_that_many_gpus_x_eval_workers_are_fed(tmp_path, capsys):
+    src = make_imagenet_folder(tmp_path / "src", num_classes=3, train_per_class=1, val_per_class=35,
+                               shorter_side_range=(32, 40))
+    val = convert(src, tmp_path / "out", splits=["val"])["val"]  # the default --shard-size 1000
+    assert [shard.count for shard in val.shards] == [100, 5] and val.settings["shard_size"] == 100
+    assert main(["--src", str(src), "--out", str(tmp_path / "cli"), "--splits", "val", "--val-shard-size", "40"]) == 0
+    assert [shard.count for shard in Manifest.load(tmp_path / "cli" / "val").shards] == [40, 40, 25]
+    assert "val: 105 images in 3 shards" in capsys.readouterr().out
+
+
 def test_another_seed_gives_another_sample_order(imagenet_folder, demo_shards, tmp_path):
     manifest = convert(imagenet_folder, tmp_path / "out", splits=["train"], shard_size=4, seed=1)["train"]
     sources = [json.loads(s["json"])["source"] for s in all_samples(tmp_path / "out" / "train")]

@@ -6,8 +6,8 @@ holds the standard webdataset keys `__key__`, `jpg` (RGB baseline JPEG), `cls` (
 
 How it works:
 - The source files are listed and sorted, then shuffled with a fixed seed, then cut into consecutive runs of
-  `shard_size` files: shard i always gets the same files, so a rerun can skip every shard that is already written.
-  A file that cannot be read is skipped (named, with its reason), so a shard may hold fewer than `shard_size` samples.
+  `shard_size` files (val: `val_shard_size`): shard i always gets the same files, so a rerun can skip every shard that
+  is already written. A file that cannot be read is skipped (named, with its reason), so a shard may hold fewer.
 - One task per shard. A worker process reads, decodes, normalises and re-encodes the files of its shard one at a time
   and streams them into `.{name}.tmp-{pid}`; then it writes the shard's record (`shard-info/{name}.json`: count,
   class counts, skipped files, pixel statistics) and renames both into place. A shard counts as finished only when
@@ -62,6 +62,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+VAL_SHARD_SIZE = 100
+"""Val files per shard unless given (or `shard_size`, if smaller). Each evaluation stream (rank x eval loader worker)
+reads whole val shards, so the shard count is how many streams a validation can use and how evenly it spreads:
+ImageNet's 50,000 val images make 500 shards, which feed 16 GPUs x 6 eval workers (96 streams) with the busiest
+stream reading 600 images, 15% above the mean of 521 (1,000-image shards made 50: 48 streams at most, 2 of them
+reading twice as much as the others); a shard of 100 full-size val images is about 13 MB."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,13 +183,13 @@ def _check_options(splits: Sequence[str], shorter_side: int, val_shorter_side: i
     if not 1 <= quality <= 100:
         raise ShardsInputError(f"--quality must be within 1..100, got {quality}")
     if shard_size < 1 or workers < 1:
-        raise ShardsInputError("--shard-size and --workers must be at least 1")
+        raise ShardsInputError("--shard-size, --val-shard-size and --workers must be at least 1")
 
 
 def convert(src: str | Path, out: str | Path, splits: Sequence[str] = SPLITS, shorter_side: int = 256,
             val_shorter_side: int | None = None, quality: int = 90, shard_size: int = 1000, workers: int = 1,
-            strict: bool = False, seed: int = 0, *, val_labels: str | Path | None = None,
-            synset_mapping: str | Path | None = None) -> dict[str, Manifest]:
+            strict: bool = False, seed: int = 0, *, val_shard_size: int | None = None,
+            val_labels: str | Path | None = None, synset_mapping: str | Path | None = None) -> dict[str, Manifest]:
     """Convert an ImageNet-layout folder into shards and manifests under `out`, resuming what a previous run began.
 
     Args:
@@ -192,7 +199,8 @@ def convert(src: str | Path, out: str | Path, splits: Sequence[str] = SPLITS, sh
         shorter_side: train images are resized so that their shorter side is exactly this.
         val_shorter_side: the same for val; None keeps val images at full size.
         quality: JPEG quality of re-encoded images.
-        shard_size: source files per shard (a shard holds fewer when some of its files are skipped).
+        shard_size: source files per train shard (a shard holds fewer when some of its files are skipped).
+        val_shard_size: the same for val; None: `min(shard_size, VAL_SHARD_SIZE)`.
         workers: worker processes, one shard at a time each.
         strict: raise StrictSkipError (and write no manifest) when any file was skipped.
         seed: seed of the sample order and of the pixel sampling for the statistics.
@@ -208,15 +216,16 @@ def convert(src: str | Path, out: str | Path, splits: Sequence[str] = SPLITS, sh
         StrictSkipError: `strict` and some file was skipped.
     """
     splits = tuple(splits)
-    _check_options(splits, shorter_side, val_shorter_side, quality, shard_size, workers)
+    val_shard_size = min(shard_size, VAL_SHARD_SIZE) if val_shard_size is None else val_shard_size
+    _check_options(splits, shorter_side, val_shorter_side, quality, min(shard_size, val_shard_size), workers)
     layout = find_layout(src, val_labels, synset_mapping)
     out = Path(out)
     plans: dict[str, tuple[SplitListing, list[ShardTask], dict[str, Any]]] = {}
     for split in splits:
         listing = list_train(layout) if split == "train" else list_val(layout)
         side = shorter_side if split == "train" else val_shorter_side
-        tasks = plan_split(split, listing, layout, out, shorter_side=side, quality=quality, shard_size=shard_size,
-                           seed=seed)
+        tasks = plan_split(split, listing, layout, out, shorter_side=side, quality=quality,
+                           shard_size=shard_size if split == "train" else val_shard_size, seed=seed)
         settings = {**tasks[0].fingerprint, "src": str(layout.src.resolve()),
                     "synset_mapping": str(layout.synset_mapping) if layout.synset_mapping else None,
                     "val_labels": str(listing.labels_file) if listing.labels_file else None,
@@ -284,7 +293,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shorter-side", type=int, default=256, help="train images: shorter side after resize")
     parser.add_argument("--val-shorter-side", type=int, default=None, help="resize val too (default: full size)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
-    parser.add_argument("--shard-size", type=int, default=1000, help="source files per shard")
+    parser.add_argument("--shard-size", type=int, default=1000, help="train files per shard")
+    parser.add_argument("--val-shard-size", type=int, default=None,
+                        help=f"val files per shard (default: {VAL_SHARD_SIZE}, or --shard-size if smaller; "
+                             "small val shards feed many GPUs x eval workers)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order and pixel sampling")
     parser.add_argument("--strict", action="store_true", help="exit non-zero (and write no manifest) on any skip")
@@ -339,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         manifests = convert(args.src, args.out, splits=[s.strip() for s in args.splits.split(",") if s.strip()],
                             shorter_side=args.shorter_side, val_shorter_side=args.val_shorter_side,
                             quality=args.quality, shard_size=args.shard_size, workers=args.workers,
-                            strict=args.strict, seed=args.seed, val_labels=args.val_labels,
+                            strict=args.strict, seed=args.seed, val_shard_size=args.val_shard_size,
+                            val_labels=args.val_labels,
                             synset_mapping=args.synset_mapping)
     except (ShardsInputError, ShardsStateError) as error:
         print(f"spp-cls shards: error: {error}", file=sys.stderr)

@@ -14,16 +14,22 @@ Exactness under DDP (ddp, ddp_spawn, torchrun, srun alike: rank and world size c
 ``setup``, never from environment variables):
 - train: every rank yields ``floor(total / (batch_size * world_size))`` full batches per epoch from an endless
   resampled stream, so no rank waits for another whatever the shard sizes;
-- validate/test: each (rank, loader worker) reads its own shards once; every rank is padded to the same number
-  of batches with masked samples (``valid`` False). A module that sums correct and counted samples over ranks
-  must count exactly ``expected_count(stage)``.
+- validate/test: each evaluation stream (rank x loader worker) reads its own val shards, or with fewer val shards
+  than ranks its own range of samples, once (:mod:`spp_cls.data.stream.eval_shards`); every rank is padded to the
+  same number of batches with masked samples (``valid`` False). A module that sums correct and counted samples over
+  ranks must count exactly ``expected_count(stage)``.
+
+Corrupt and missing samples (undecodable, or lost from a shard shorter than its manifest says) are logged and
+counted by shard, and judged over all ranks against ``max_corrupt_fraction`` of the pass's samples
+(:mod:`spp_cls.data.stream.corrupt`); past it every rank stops at the same batch with
+:class:`~spp_cls.data.stream.corrupt.TooManyCorruptSamples`.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -31,18 +37,21 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import webdataset as wds
+from pytorch_lightning.utilities import rank_zero_info
 
 from spp_cls.data.manifest import Manifest, ManifestError
+from spp_cls.data.stream.corrupt import (
+    CorruptBudget,
+    DecodeFailures,
+    Reduce,
+    ReportingStream,
+    batches_after_reports,
+    judged_batches,
+)
+from spp_cls.data.stream.eval_shards import EvalAssignment, eval_assignment, eval_streams_per_rank, stream_samples
 from spp_cls.data.stream.jpeg_batch import JpegBatch, JpegTrainStream
 from spp_cls.data.stream.nvimgcodec_decode import DECODE_BACKENDS, BatchDecoder, DecodeBackend, load_nvimgcodec
-from spp_cls.data.stream.pipeline import (
-    TRAIN_CROPS,
-    CorruptSampleBudget,
-    EvalStream,
-    TrainCrop,
-    TrainStream,
-    eval_shard_assignment,
-)
+from spp_cls.data.stream.pipeline import TRAIN_CROPS, EvalStream, TrainCrop, TrainStream
 from spp_cls.data.stream.views import (
     CROP,
     TEST_SHORTER_SIDE,
@@ -99,9 +108,9 @@ class ShardDataModule(pl.LightningDataModule):
         root: the ``--out`` directory of `spp-cls shards`.
         batch_size: training batch per rank (the global batch is ``batch_size * world_size``).
         num_workers: DataLoader worker processes per rank (0: load in the main process).
-        eval_workers: loader workers per rank for validation and test (default ``num_workers``). Each (rank,
-            worker) reads whole val shards, so ranks x eval workers may not exceed the val shards (ImageNet val at
-            the default ``--shard-size 1000`` has 50 shards: 8 ranks x 6 workers).
+        eval_workers: loader workers per rank for validation and test (default ``num_workers``). Each reads whole
+            val shards: with fewer val shards than ranks x eval workers a rank runs as many as the shards feed (one
+            log line says so), and with fewer val shards than ranks each rank reads one range of samples in one.
         train_crop: ``"five"`` (the paper: 4 corners + center of the whole image) or ``"random"`` positions.
         shuffle_buffer: samples per loader worker in the shuffle buffer (raw JPEG bytes, before decoding).
         eval_batch_size: images per validation/test batch; default ``batch_size`` for validation and
@@ -110,7 +119,8 @@ class ShardDataModule(pl.LightningDataModule):
         test_views: the test protocol: ``center``, ``tenview`` (the paper's Table 2), ``full``, ``multiscale``, or
             ``tenview_fmap`` (the 10 windows taken on the conv maps of the whole image and its flip).
         seed: the data seed (shard order, shuffle, crops); the run's other seeds are not used here.
-        max_corrupt_fraction: corrupt samples a loader worker tolerates, as a fraction of those it has seen.
+        max_corrupt_fraction: corrupt or missing samples a pass (training epoch, validation or test) tolerates over
+            all ranks, as a fraction of the samples its manifest lists.
         decode: where training JPEGs are decoded: ``"cpu"`` in the loader workers, or ``"device"``: the workers only
             read headers and draw the windows, and :meth:`on_after_batch_transfer` decodes each batch's windows on
             the training device with NVIDIA nvImageCodec (batched, on a side CUDA stream; its CPU backend when
@@ -122,8 +132,10 @@ class ShardDataModule(pl.LightningDataModule):
             ``"cpu"``.
 
     Attributes:
-        decode_budget: counts (and caps, as ``max_corrupt_fraction``) the files that pass the workers' header check
-            but fail to decode on the device, in this process (see :mod:`spp_cls.data.stream.nvimgcodec_decode`).
+        decode_failures: the files that pass the workers' header check but fail to decode on the device; each is
+            added to the training epoch's budget, judged over all ranks with the workers' reports.
+        budgets: the corrupt budget of the latest pass of each kind (``"fit"``: a training epoch, ``"validate"``,
+            ``"test"``), with its counts over all ranks.
     """
 
     def __init__(
@@ -168,8 +180,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.max_corrupt_fraction = max_corrupt_fraction
         self.decode = decode
         self.decode_backend = decode_backend
-        self.decode_budget = CorruptSampleBudget(max_corrupt_fraction)
         self._decoders: dict[torch.device, BatchDecoder] = {}
+        self.budgets: dict[str, CorruptBudget] = {}
         self.train_manifest = Manifest.load(self.root / "train")
         self.val_manifest = Manifest.load(self.root / "val")
         train_wnids = [c.wnid for c in self.train_manifest.classes]
@@ -177,6 +189,8 @@ class ShardDataModule(pl.LightningDataModule):
             raise ManifestError(f"{self.root}: the train and val manifests have different class mappings")
         if self.train_manifest.mean_rgb is None:
             raise ManifestError(f"{self.root / 'train'}: the train manifest has no mean_rgb / PCA statistics")
+        self.decode_failures = DecodeFailures([shard.name for shard in self.train_manifest.shards],
+                                              lambda: self.budgets.get("fit"))
         self.rank, self.world_size = 0, 1
 
     @property
@@ -190,24 +204,39 @@ class ShardDataModule(pl.LightningDataModule):
         assert manifest.mean_rgb is not None and manifest.pca_eigval is not None and manifest.pca_eigvec is not None
         return PixelStatistics(manifest.mean_rgb, manifest.pca_eigval, manifest.pca_eigvec)  # type: ignore[arg-type]
 
-    @property
-    def loader_workers(self) -> int:
-        """Evaluation streams per rank: eval loader workers, or 1 when loading in the main process."""
-        return max(1, self.eval_workers)
+    def eval_assignment(self, world_size: int | None = None) -> EvalAssignment:
+        """The val shard slices of every evaluation stream (rank x loader worker)."""
+        world_size = self.world_size if world_size is None else world_size
+        return eval_assignment([shard.count for shard in self.val_manifest.shards], world_size, self.eval_workers)
 
     def setup(self, stage: str) -> None:
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
-        if stage in ("fit", "validate", "test"):
-            eval_shard_assignment(len(self.val_manifest.shards), self.world_size, self.loader_workers)
+        note = self.eval_streams_note()
+        if note and stage in ("fit", "validate", "test"):
+            rank_zero_info(note)
         if stage == "fit":
             self.train_batches_per_rank(self.world_size)
 
+    def eval_streams_note(self) -> str:
+        """What the evaluation streams read when the val shards cannot feed every eval loader worker ('' if they do)."""
+        shards, workers = len(self.val_manifest.shards), max(1, self.eval_workers)
+        streams = eval_streams_per_rank(shards, self.world_size, workers)
+        if shards < self.world_size:
+            return (f"spp-cls: {shards} val shards for {self.world_size} ranks: each rank reads one range of about "
+                    f"{self.val_manifest.total // self.world_size} val samples in one loader stream")
+        if streams < workers:
+            return (f"spp-cls: {shards} val shards feed {streams} of the {workers} eval loader workers per rank on "
+                    f"{self.world_size} ranks; smaller val shards (`spp-cls shards --val-shard-size`) would feed all")
+        return ""
+
     def expected_count(self, stage: EvalStage) -> int:
-        """Images a validation or test pass must count over all ranks (the val manifest's total)."""
+        """Images a validation or test pass must count over all ranks: the val manifest's total, less the corrupt or
+        missing samples (logged, named and within the budget) that the last such pass met."""
         if stage not in ("validate", "test"):
             raise ValueError(f"expected_count is for 'validate' or 'test', got {stage!r}")
-        return self.val_manifest.total
+        budget = self.budgets.get(stage)
+        return self.val_manifest.total - (budget.count if budget is not None else 0)
 
     def train_batches_per_rank(self, world_size: int | None = None) -> int:
         """Batches every rank yields per training epoch: floor(total / global batch)."""
@@ -232,13 +261,10 @@ class ShardDataModule(pl.LightningDataModule):
     def eval_batches_per_rank(self, stage: EvalStage, world_size: int | None = None) -> int:
         """Batches every rank yields in a validation/test pass (padded to the busiest rank)."""
         world_size = self.world_size if world_size is None else world_size
-        counts = [shard.count for shard in self.val_manifest.shards]
         batch_size = self.eval_batch_size_for(stage)
-        assignment = eval_shard_assignment(len(counts), world_size, self.loader_workers)
-        return max(
-            sum(math.ceil(sum(counts[i] for i in shards) / batch_size) for shards in per_worker)
-            for per_worker in assignment
-        )
+        assignment = self.eval_assignment(world_size)
+        return max(sum(math.ceil(samples / batch_size) for samples in stream_samples(assignment, rank))
+                   for rank in range(world_size))
 
     def train_loader(self, epoch: int, rank: int | None = None, world_size: int | None = None) -> wds.WebLoader:
         """The training batches of one rank for ``epoch``: a pure function of (seed, epoch, rank, world size)."""
@@ -248,23 +274,28 @@ class ShardDataModule(pl.LightningDataModule):
         stream_class = JpegTrainStream if self.decode == "device" else TrainStream
         stream = stream_class(
             [str(path) for path in self.train_manifest.shard_paths], self.num_classes, self.batch_size,
-            rank=rank, world_size=world_size, seed=self.seed, epoch=epoch, crop_mode=self.train_crop,
-            shuffle_buffer=self.shuffle_buffer, max_corrupt_fraction=self.max_corrupt_fraction,
+            shard_counts=[shard.count for shard in self.train_manifest.shards], rank=rank, world_size=world_size,
+            seed=self.seed, epoch=epoch, crop_mode=self.train_crop, shuffle_buffer=self.shuffle_buffer,
         )
-        return self._loader(stream, self.num_workers).with_epoch(nbatches=batches).with_length(batches, silent=True)
+        budget = partial(self._budget, self.train_manifest, f"training epoch {epoch}", rank, world_size)
+        loader = self._loader(ReportingStream(stream), self.num_workers).compose(
+            partial(_checked, budget=budget, batches=batches, on_pass=partial(self.budgets.__setitem__, "fit")))
+        return loader.with_epoch(nbatches=batches).with_length(batches, silent=True)
 
     def eval_loader(self, stage: EvalStage, rank: int | None = None, world_size: int | None = None) -> wds.WebLoader:
         """The validation (center crop) or test (``test_views``) batches of one rank, padded to equal length."""
         rank = self.rank if rank is None else rank
         world_size = self.world_size if world_size is None else world_size
         make_views = center_view if stage == "validate" else stacked_views(self.test_views)
-        stream = EvalStream(
-            [str(path) for path in self.val_manifest.shard_paths], self.num_classes, self.eval_batch_size_for(stage),
-            make_views, rank=rank, world_size=world_size, max_corrupt_fraction=self.max_corrupt_fraction,
-        )
+        slices = self.eval_assignment(world_size)[rank]
+        stream = EvalStream([str(path) for path in self.val_manifest.shard_paths], slices, self.num_classes,
+                            self.eval_batch_size_for(stage), make_views)
         batches = self.eval_batches_per_rank(stage, world_size)
-        padded = partial(pad_batches, total=batches, padding=self._padding_batch(stage))
-        return self._loader(stream, self.eval_workers).compose(padded).with_length(batches, silent=True)
+        budget = partial(self._budget, self.val_manifest, f"the {stage} pass", rank, world_size)
+        checked = partial(_checked, budget=budget, batches=batches, padding=self._padding_batch(stage),
+                          on_pass=partial(self.budgets.__setitem__, stage))
+        workers = len(slices) if self.eval_workers else 0
+        return self._loader(ReportingStream(stream), workers).compose(checked).with_length(batches, silent=True)
 
     def train_dataloader(self) -> wds.WebLoader:
         if self.trainer is None:
@@ -292,7 +323,7 @@ class ShardDataModule(pl.LightningDataModule):
     def device_decoder(self, device: torch.device) -> BatchDecoder:
         """The decoder of ``decode="device"`` batches sent to ``device`` (one per device, made at its first batch)."""
         if device not in self._decoders:
-            self._decoders[device] = BatchDecoder(device, self.decode_backend, self.decode_budget)
+            self._decoders[device] = BatchDecoder(device, self.decode_backend, self.decode_failures)
         return self._decoders[device]
 
     def val_dataloader(self) -> wds.WebLoader:
@@ -309,6 +340,19 @@ class ShardDataModule(pl.LightningDataModule):
             persistent_workers=False, multiprocessing_context=loader_worker_context() if workers else None,
         )
 
+    def _budget(self, manifest: Manifest, what: str, rank: int, world_size: int) -> CorruptBudget:
+        """A new pass's budget; its counts are summed over the trainer's ranks when they are the loader's ranks."""
+        return CorruptBudget([shard.name for shard in manifest.shards], manifest.total, self.max_corrupt_fraction,
+                             f"{what} ({manifest.split} shards)", str(self.root), self._reduce(world_size),
+                             announce=rank == 0)
+
+    def _reduce(self, world_size: int) -> Reduce | None:
+        trainer = self.trainer
+        if world_size == 1 or trainer is None or trainer.world_size != world_size:
+            return None
+        strategy = trainer.strategy
+        return lambda counts: strategy.reduce(counts.to(strategy.root_device), reduce_op="sum")
+
     def _padding_batch(self, stage: EvalStage) -> EvalBatch:
         """One masked sample shaped like a real batch of ``stage`` (labels 0, valid False)."""
         if stage == "validate":
@@ -318,3 +362,16 @@ class ShardDataModule(pl.LightningDataModule):
         else:
             images = torch.zeros(1, VIEW_COUNTS[self.test_views], 3, CROP, CROP, dtype=torch.uint8)
         return images, torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.bool)
+
+
+def _checked(items: Iterable[tuple[Any, Any]], budget: Callable[[], CorruptBudget], batches: int,
+             on_pass: Callable[[CorruptBudget], None], padding: EvalBatch | None = None) -> Iterator[Any]:
+    """The loader's ``(batch, report)`` items as batches, padded to ``batches`` if ``padding`` is given, with a new
+    pass's corrupt budget (handed to ``on_pass``) judged on the way. Runs in the training process, anew each time
+    the loader is iterated."""
+    pass_budget = budget()
+    on_pass(pass_budget)
+    stream = batches_after_reports(items, pass_budget)
+    if padding is not None:
+        stream = pad_batches(stream, batches, padding)
+    return judged_batches(stream, pass_budget, batches)

@@ -36,13 +36,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
 from spp_cls.data.stream.jpeg_batch import JpegBatch
-from spp_cls.data.stream.pipeline import CorruptSample, CorruptSampleBudget, TooManyCorruptSamples, decode_rgb
+from spp_cls.data.stream.pipeline import CorruptSample, TooManyCorruptSamples, decode_rgb
 from spp_cls.data.stream.views import CROP
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,15 @@ INSTALL_HINT = "pip install 'spp-cls[gpu-decode]' (nvidia-nvimgcodec-cu13[nvjpeg
 # nvImageCodec loads every codec extension it ships when imported and prints a few lines for each one whose library is
 # not installed; JPEG 2000 and TIFF are never decoded here.
 _UNUSED_EXTENSIONS = ("nvjpeg2k", "nvJPEG2000", "nvtiff", "nvTIFF")
+
+
+class FailureRecorder(Protocol):
+    """Where the decoder reports each file: a standalone :class:`~spp_cls.data.stream.pipeline.CorruptSampleBudget`,
+    or the datamodule's :class:`~spp_cls.data.stream.corrupt.DecodeFailures` (judged with the epoch over all ranks)."""
+
+    def record_good(self) -> None: ...
+
+    def record_corrupt(self, key: str, shard: str, reason: str) -> None: ...
 
 
 class NvImageCodecMissing(ValueError):
@@ -122,7 +131,7 @@ class BatchDecoder:
     """
 
     def __init__(self, device: torch.device | str, backend: DecodeBackend = "auto",
-                 budget: CorruptSampleBudget | None = None, region: bool = True) -> None:
+                 budget: FailureRecorder | None = None, region: bool = True) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -252,7 +261,7 @@ def _size(code_stream: Any) -> tuple[int, int]:
 
 
 def _replacements(batch: JpegBatch, windows: list[torch.Tensor | CorruptSample],
-                  budget: CorruptSampleBudget | None) -> list[int]:
+                  budget: FailureRecorder | None) -> list[int]:
     """``source[i]``: the sample whose window and label fill slot i (i itself when it decoded)."""
     good = [i for i, window in enumerate(windows) if isinstance(window, torch.Tensor)]
     if not good:

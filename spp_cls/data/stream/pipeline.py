@@ -1,5 +1,6 @@
-"""The streaming side of the data: JPEG decode, the paper's train crop, corrupt-sample accounting, and the per-worker
-sample streams over webdataset shards (train: endless, resampled, shuffled; eval: each image exactly once).
+"""The streaming side of the data: JPEG decode, the paper's train crop, and the per-worker sample streams over
+webdataset shards (train: endless, resampled, shuffled; eval: each image exactly once). Corrupt and missing samples
+are counted as :mod:`spp_cls.data.stream.corrupt` says.
 
 Everything here works on uint8 tensors; normalisation, colour noise and resizing to the epoch's size happen on the
 device (see DESIGN.md). Only the ``jpg`` and ``cls`` members of a sample are ever read; nothing is unpickled, and the
@@ -18,7 +19,7 @@ import logging
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Literal
 
 import torch
@@ -26,6 +27,8 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from spp_cls.data.stream.corrupt import CorruptTally, MissingSamples, TooManyCorruptSamples
+from spp_cls.data.stream.eval_shards import ShardSlice
 from spp_cls.data.stream.views import CROP, five_positions
 
 # NOTE: torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call; the decoder
@@ -44,10 +47,6 @@ SAMPLE_MEMBERS = (".jpg", ".cls")
 
 class CorruptSample(ValueError):
     """A sample that cannot be used: undecodable image, missing member, bad label, image too small."""
-
-
-class TooManyCorruptSamples(RuntimeError):
-    """Raised when the corrupt samples of a stream pass the allowed fraction."""
 
 
 def decode_rgb(jpeg: bytes) -> torch.Tensor:
@@ -118,14 +117,15 @@ def train_crop(image: torch.Tensor, rng: random.Random, mode: TrainCrop = "five"
 
 
 class CorruptSampleBudget:
-    """Counts the samples of one stream and stops it when too many are corrupt.
+    """Counts the files the training process decodes itself (``decode="device"``) and stops when too many are corrupt.
 
-    A corrupt sample is logged (key, shard, reason) and skipped. The stream stops with :class:`TooManyCorruptSamples`
-    once ``corrupt > max_fraction * max(seen, min_samples)``: ``min_samples`` keeps one early bad sample from
-    stopping a run (with the defaults, one corrupt sample in the first 1,000 is tolerated); ``max_fraction=0``
-    makes any corrupt sample fatal.
+    A corrupt sample is logged (key, shard, reason). It raises :class:`TooManyCorruptSamples` once
+    ``corrupt > max_fraction * max(seen, min_samples)``: ``min_samples`` keeps one early bad sample from stopping a
+    run (with the defaults, one corrupt sample in the first 1,000 is tolerated); ``max_fraction=0`` makes any corrupt
+    sample fatal.
 
-    NOTE: each DataLoader worker keeps its own budget, so the fraction is per worker stream, not global.
+    NOTE: what the loader workers meet is judged per pass over all ranks by
+    :class:`~spp_cls.data.stream.corrupt.CorruptBudget`; this budget is the device decode's own, per process.
     """
 
     def __init__(self, max_fraction: float = 0.001, min_samples: int = 1000) -> None:
@@ -151,12 +151,6 @@ class CorruptSampleBudget:
                 f"Check the shards with `spp-cls shards --verify ROOT`."
             )
 
-    def on_read_error(self, exn: Exception) -> bool:
-        """webdataset handler for tar-level errors (unreadable or truncated shard): count, log, go on."""
-        shard = next((arg for arg in reversed(exn.args) if isinstance(arg, str) and arg.endswith(".tar")), "?")
-        self.record_corrupt("<tar read>", shard, f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}")
-        return True
-
 
 def derive_seed(*parts: object) -> int:
     """A 64-bit seed from the parts, the same in every process (unlike ``hash``)."""
@@ -177,22 +171,6 @@ def worker_position() -> tuple[int, int]:
     """(worker id, number of workers) of the calling DataLoader worker; (0, 1) in the main process."""
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-def eval_shard_assignment(num_shards: int, world_size: int, workers: int) -> list[list[list[int]]]:
-    """``assignment[rank][worker]``: the shard indices each (rank, worker) reads in evaluation, each shard once.
-
-    Round-robin over the global workers ``rank * workers + worker`` (``workers`` = max(1, num_workers)).
-    """
-    slots = world_size * workers
-    if num_shards < slots:
-        raise ValueError(
-            f"{num_shards} evaluation shards cannot feed {world_size} ranks x {workers} loader workers "
-            f"({slots} streams): write the val split into at least {slots} shards (`spp-cls shards --shard-size`) "
-            f"or lower data.eval_workers"
-        )
-    return [[list(range(rank * workers + worker, num_shards, slots)) for worker in range(workers)]
-            for rank in range(world_size)]
 
 
 def shuffled(samples: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
@@ -216,11 +194,34 @@ def _is_sample_member(file_name: str) -> bool:
     return file_name.endswith(SAMPLE_MEMBERS)
 
 
-def raw_samples(shard_paths: Iterable[str], budget: CorruptSampleBudget) -> Iterator[dict[str, Any]]:
-    """The raw samples (``__key__``, ``__url__``, ``jpg`` bytes, ``cls`` bytes) of the shards, in order."""
-    return wds.tarfile_to_samples(handler=budget.on_read_error, select_files=_is_sample_member)(
-        {"url": path} for path in shard_paths
-    )
+def shard_samples(path: str, piece: ShardSlice) -> Iterator[dict[str, Any] | MissingSamples]:
+    """The raw samples (``__key__``, ``__url__``, ``jpg`` bytes, ``cls`` bytes) of one slice of the shard at ``path``,
+    in order; then, if the shard held fewer than the slice's count, one :class:`MissingSamples` for the rest.
+
+    A tar that cannot be opened or ends early (truncated, damaged header) ends the slice there, named in the log once
+    per read; a sample cut in two comes out without one of its members and is counted as corrupt where it is read.
+    """
+    errors: list[str] = []
+
+    def note_error(exn: Exception) -> bool:
+        message = str(exn.args[0]).split(" @ ")[0] if exn.args else str(exn)  # webdataset appends " @ <file object>"
+        errors.append(f"{type(exn).__name__}: {message}")
+        return True  # go on: webdataset then stops reading this tar at the damage
+
+    read = 0
+    for position, sample in enumerate(wds.tarfile_to_samples(handler=note_error, select_files=_is_sample_member)(
+            [{"url": path}])):
+        if position < piece.start:
+            continue
+        if position >= piece.stop and not piece.to_end:
+            break
+        read += 1
+        yield sample
+    if read < piece.count:
+        missing = MissingSamples(path, piece.count - read, errors[0] if errors else "the tar ends early")
+        log.warning("%s: %d of the %d samples its manifest lists here were not read (%s); they count as corrupt "
+                    "where the sample order reaches them", path, missing.count, piece.count, missing.reason)
+        yield missing
 
 
 def collate_train(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +241,7 @@ class TrainStream(IterableDataset):
     The consumer decides the epoch length (``WebLoader.with_epoch``). A subclass changes what is made of each sample
     (:meth:`prepare`) and how the items are batched (:meth:`collate`), never the sample order or the RNG draws
     (:class:`~spp_cls.data.stream.jpeg_batch.JpegTrainStream` ships the JPEG bytes and the drawn windows undecoded).
+    Iterated directly it logs corrupt and missing samples and goes on; :meth:`batches` also counts them in a tally.
     """
 
     def __init__(
@@ -248,37 +250,43 @@ class TrainStream(IterableDataset):
             num_classes: int,
             batch_size: int,
             *,
+            shard_counts: list[int],
             rank: int,
             world_size: int,
             seed: int,
             epoch: int,
             crop_mode: TrainCrop = "five",
             shuffle_buffer: int = 2000,
-            max_corrupt_fraction: float = 0.001,
     ) -> None:
         super().__init__()
         if crop_mode not in TRAIN_CROPS:
             raise ValueError(f"unknown train crop {crop_mode!r}; known: {', '.join(TRAIN_CROPS)}")
         if not shard_paths:
             raise ValueError("no training shards to stream")
+        if len(shard_counts) != len(shard_paths):
+            raise ValueError(f"{len(shard_counts)} shard counts for {len(shard_paths)} shards")
         self.shard_paths = list(shard_paths)
+        self.shard_counts = list(shard_counts)
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.epoch = seed, epoch
         self.crop_mode = crop_mode
         self.shuffle_buffer = shuffle_buffer
-        self.max_corrupt_fraction = max_corrupt_fraction
 
     def __iter__(self) -> Iterator[Any]:
+        return self.batches(CorruptTally(self.shard_paths))
+
+    def batches(self, tally: CorruptTally) -> Iterator[Any]:
+        """This worker's batches; the corrupt and missing samples it meets are logged and counted in ``tally``."""
         worker, workers = worker_position()
         stream_index, streams = self.rank * workers + worker, self.world_size * workers
         rng = random.Random(derive_seed("samples", self.seed, self.epoch, self.rank, worker))
-        budget = CorruptSampleBudget(self.max_corrupt_fraction)
-        shards = (self.shard_paths[i] for i in islice(shard_order(len(self.shard_paths), self.seed, self.epoch),
-                                                      stream_index, None, streams))
-        samples = shuffled(raw_samples(shards, budget), self.shuffle_buffer, rng)
-        items = self._items(samples, rng, budget)
+        order = islice(shard_order(len(self.shard_paths), self.seed, self.epoch), stream_index, None, streams)
+        samples = chain.from_iterable(
+            shard_samples(self.shard_paths[i], ShardSlice(i, 0, self.shard_counts[i], True)) for i in order
+        )
+        items = self._items(shuffled(samples, self.shuffle_buffer, rng), rng, tally)
         return wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(items)
 
     def prepare(self, sample: dict[str, Any], rng: random.Random) -> Any:
@@ -290,60 +298,66 @@ class TrainStream(IterableDataset):
     def collate(self, items: list[Any]) -> Any:
         return collate_train(items)
 
-    def _items(self, samples: Iterable[dict[str, Any]], rng: random.Random,
-               budget: CorruptSampleBudget) -> Iterator[Any]:
+    def _items(self, samples: Iterable[dict[str, Any] | MissingSamples], rng: random.Random,
+               tally: CorruptTally) -> Iterator[Any]:
         for sample in samples:
+            if isinstance(sample, MissingSamples):
+                tally.record_missing(sample)
+                continue
             try:
                 item = self.prepare(sample, rng)
             except CorruptSample as exn:
-                budget.record_corrupt(sample.get("__key__", "?"), sample.get("__url__", "?"), str(exn))
+                tally.record_corrupt(sample.get("__key__", "?"), sample["__url__"], str(exn))
                 continue
-            budget.record_good()
             yield item
 
 
 class EvalStream(IterableDataset):
-    """Batches ``(views, int64 labels [B], bool valid [B])`` of one rank: each worker reads its shards of
-    :func:`eval_shard_assignment` once, in order; ``views`` is what ``make_views`` returns per image, stacked.
+    """Batches ``(views, int64 labels [B], bool valid [B])`` of one rank: DataLoader worker ``w`` reads the shard
+    slices ``slices[w]`` once, in order (see :mod:`spp_cls.data.stream.eval_shards`); ``views`` is what
+    ``make_views`` returns per image, stacked.
 
-    The last batch of each worker may be partial; corrupt samples are logged, counted and left out (so the
-    evaluated count falls short of the manifest's total, which the consumer checks).
+    The last batch of each worker may be partial; corrupt and missing samples are logged, counted and left out (the
+    consumer checks the evaluated count against the manifest's total less those).
     """
 
     def __init__(
             self,
             shard_paths: list[str],
+            slices: list[list[ShardSlice]],
             num_classes: int,
             batch_size: int,
             make_views: Callable[[torch.Tensor], torch.Tensor],
-            *,
-            rank: int,
-            world_size: int,
-            max_corrupt_fraction: float = 0.001,
     ) -> None:
         super().__init__()
         self.shard_paths = list(shard_paths)
+        self.slices = slices
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.make_views = make_views
-        self.rank, self.world_size = rank, world_size
-        self.max_corrupt_fraction = max_corrupt_fraction
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        worker, workers = worker_position()
-        assignment = eval_shard_assignment(len(self.shard_paths), self.world_size, workers)
-        budget = CorruptSampleBudget(self.max_corrupt_fraction)
-        samples = raw_samples((self.shard_paths[i] for i in assignment[self.rank][worker]), budget)
-        return wds.batched(self.batch_size, collation_fn=collate_eval, partial=True)(self._views(samples, budget))
+        return self.batches(CorruptTally(self.shard_paths))
 
-    def _views(self, samples: Iterable[dict[str, Any]],
-               budget: CorruptSampleBudget) -> Iterator[tuple[torch.Tensor, int]]:
+    def batches(self, tally: CorruptTally) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This worker's batches; the corrupt and missing samples it meets are logged and counted in ``tally``."""
+        worker, workers = worker_position()
+        if workers != len(self.slices):
+            raise RuntimeError(f"an evaluation stream planned for {len(self.slices)} loader workers runs on {workers}")
+        pieces = self.slices[worker]
+        samples = chain.from_iterable(shard_samples(self.shard_paths[piece.shard], piece) for piece in pieces)
+        return wds.batched(self.batch_size, collation_fn=collate_eval, partial=True)(self._views(samples, tally))
+
+    def _views(self, samples: Iterable[dict[str, Any] | MissingSamples],
+               tally: CorruptTally) -> Iterator[tuple[torch.Tensor, int]]:
         for sample in samples:
+            if isinstance(sample, MissingSamples):
+                tally.record_missing(sample)
+                continue
             try:
                 image, label = read_sample(sample, self.num_classes)
                 views = self.make_views(image)
             except CorruptSample as exn:
-                budget.record_corrupt(sample.get("__key__", "?"), sample.get("__url__", "?"), str(exn))
+                tally.record_corrupt(sample.get("__key__", "?"), sample["__url__"], str(exn))
                 continue
-            budget.record_good()
             yield views, label
