@@ -1,12 +1,33 @@
-"""Within-channel LRN against Caffe's formula computed independently in float64."""
+"""Both LRN ops against Caffe's formulas computed independently in float64: forward and input gradient, in fp32 and
+under bf16 autocast, NCHW and channels_last, at the activation scale a real image (0-255 minus the mean) gives."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+import torch._dynamo
+import torch.nn.functional as F
+from PIL import Image
 
-from spp_cls.models import WithinChannelLRN
+from spp_cls.models import CrossChannelLRN, WithinChannelLRN, create
+from spp_cls.models.lrn import local_response_norm
+from spp_cls.train.augment import InputTransform
+
+# (mode, module, size, alpha, beta, k): the trunks' settings (ZF-5 within-channel; AlexNet cross-channel)
+SETTINGS = {
+    "within": (WithinChannelLRN(), 3, 5e-5, 0.75, 1.0),
+    "cross": (CrossChannelLRN(), 5, 1e-4, 0.75, 2.0),
+}
+TRUNK_OF_MODE = {"within": "zf5", "cross": "convnet5"}
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def caffe_within_channel_lrn(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
-    """x * (1 + alpha / n^2 * sum of x^2 over the zero-padded n x n window)^(-beta), one pixel at a time."""
+# ---- the float64 references -----------------------------------------------------------------------------------------
+def caffe_lrn_loops(x: torch.Tensor, mode: str, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """Caffe's formulas one output at a time: x / (k + alpha / window size * sum of x^2 over the window)^beta, the
+    window n x n pixels of the channel (within) or n channels at the pixel (cross), zero outside the map."""
     n, c, h, w = x.shape
     half = size // 2
     out = torch.empty_like(x)
@@ -14,26 +35,163 @@ def caffe_within_channel_lrn(x: torch.Tensor, size: int, alpha: float, beta: flo
         for ch in range(c):
             for i in range(h):
                 for j in range(w):
-                    total = 0.0
-                    for di in range(-half, half + 1):
-                        for dj in range(-half, half + 1):
-                            if 0 <= i + di < h and 0 <= j + dj < w:
-                                total += float(x[b, ch, i + di, j + dj]) ** 2
-                    out[b, ch, i, j] = x[b, ch, i, j] * (1 + alpha / size**2 * total) ** (-beta)
+                    if mode == "within":
+                        window = [(ch, i + di, j + dj) for di in range(-half, half + 1) for dj in range(-half, half + 1)]
+                    else:
+                        window = [(ch + dc, i, j) for dc in range(-half, half + 1)]
+                    total = sum(float(x[b, cc, ii, jj]) ** 2 for cc, ii, jj in window
+                                if 0 <= cc < c and 0 <= ii < h and 0 <= jj < w)
+                    out[b, ch, i, j] = x[b, ch, i, j] / (k + alpha / len(window) * total) ** beta
     return out
 
 
-@pytest.mark.parametrize("size,alpha,beta", [(3, 5e-5, 0.75), (5, 1e-2, 0.5)])
-def test_matches_the_formula(size, alpha, beta):
+def caffe_lrn(x: torch.Tensor, mode: str, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """The same formulas vectorised, as sums of shifted slices of the zero-padded squares (differentiable)."""
+    n, c, h, w = x.shape
+    half = size // 2
+    if mode == "within":
+        padded = F.pad(x * x, (half, half, half, half))
+        total = sum(padded[:, :, i:i + h, j:j + w] for i in range(size) for j in range(size))
+        count = size * size
+    else:
+        padded = F.pad(x * x, (0, 0, 0, 0, half, half))
+        total = sum(padded[:, i:i + c] for i in range(size))
+        count = size
+    return x / (k + alpha / count * total) ** beta
+
+
+def reference_and_gradient(x: torch.Tensor, grad: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and input gradient of `caffe_lrn` in float64 at the (already rounded) values of x and grad."""
+    _, size, alpha, beta, k = SETTINGS[mode]
+    x64 = x.detach().double().requires_grad_()
+    out = caffe_lrn(x64, mode, size, alpha, beta, k)
+    (grad_x,) = torch.autograd.grad(out, x64, grad.double())
+    return out.detach(), grad_x
+
+
+def assert_close_to(got: torch.Tensor, expected: torch.Tensor, relative: float) -> None:
+    """Equal to `relative` of each value, or of the tensor's largest value where the backward's two terms cancel."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got.double(), expected, rtol=relative, atol=relative * scale)
+
+
+# ---- inputs: the first LRN's input of the real trunk on real JPEG pixels ---------------------------------------------
+def real_images(folder: Path, count: int = 2, side: int = 224) -> torch.Tensor:
+    """uint8 (count, 3, side, side) JPEG images of the synthetic ImageNet folder, resized."""
+    paths = sorted((folder / "train").rglob("*.JPEG"))[:count]
+    pixels = [torch.from_numpy(np.array(Image.open(path).convert("RGB").resize((side, side))))
+              for path in paths]
+    return torch.stack(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def first_lrn_input(folder: Path, mode: str, layout: str, autocast: bool = False) -> torch.Tensor:
+    """conv1 + ReLU of the trunk that uses `mode` (Kaiming init, width 0.25) on real pixels minus the mean: what its
+    first LRN receives (bf16 under CPU autocast)."""
+    torch.manual_seed(0)
+    trunk = create(TRUNK_OF_MODE[mode], init="kaiming", width=0.25).trunk.to(memory_format=LAYOUTS[layout])
+    pixels = InputTransform()(real_images(folder)).contiguous(memory_format=LAYOUTS[layout])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return trunk.relu1(trunk.conv1(pixels))
+
+
+@pytest.fixture(scope="module", params=["within", "cross"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+# ---- tests -----------------------------------------------------------------------------------------------------------
+def test_the_vectorised_reference_is_caffes_formula(mode):
+    torch.manual_seed(0)
+    x = torch.rand(2, 7, 6, 5, dtype=torch.float64) * 300
+    _, size, alpha, beta, k = SETTINGS[mode]
+    torch.testing.assert_close(caffe_lrn(x, mode, size, alpha, beta, k), caffe_lrn_loops(x, mode, size, alpha, beta, k),
+                               rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode,size,alpha,beta,k", [("within", 3, 5e-5, 0.75, 1.0), ("within", 5, 1e-2, 0.5, 1.0),
+                                                   ("cross", 5, 1e-4, 0.75, 2.0), ("cross", 3, 1e-2, 0.5, 1.5)])
+def test_float64_maps_are_computed_in_float64(mode, size, alpha, beta, k):
     torch.manual_seed(0)
     # post-ReLU activations of a Gaussian-initialised net reach tens to hundreds: make the normaliser matter
-    x = torch.rand(2, 3, 7, 6, dtype=torch.float64) * 300
-    expected = caffe_within_channel_lrn(x, size, alpha, beta)
-    got = WithinChannelLRN(size, alpha, beta)(x)
-    assert not torch.allclose(got, x, rtol=1e-3)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-9)
+    x = torch.rand(2, 6, 7, 6, dtype=torch.float64) * 300
+    module = WithinChannelLRN(size, alpha, beta) if mode == "within" else CrossChannelLRN(size, alpha, beta, k)
+    got = module(x)
+    assert got.dtype == torch.float64 and not torch.allclose(got, x, rtol=1e-3)
+    torch.testing.assert_close(got, caffe_lrn_loops(x, mode, size, alpha, beta, k), rtol=1e-12, atol=1e-9)
 
 
-def test_even_window_is_refused():
-    with pytest.raises(ValueError, match="odd"):
-        WithinChannelLRN(size=4)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_fp32_forward_and_gradient_equal_the_float64_formula(imagenet_folder, mode, layout):
+    module = SETTINGS[mode][0]
+    x = first_lrn_input(imagenet_folder, mode, layout).requires_grad_()
+    assert 20 < x.max() < 2000  # the scale of real activations, where the normaliser is far from 1
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=LAYOUTS[layout])
+    out = module(x)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    expected, expected_grad = reference_and_gradient(x, grad, mode)
+    assert not torch.allclose(expected, x.double() / SETTINGS[mode][4] ** 0.75, rtol=1e-2)
+    assert out.dtype == grad_x.dtype == torch.float32
+    assert out.is_contiguous(memory_format=LAYOUTS[layout]) and grad_x.is_contiguous(memory_format=LAYOUTS[layout])
+    assert_close_to(out, expected, 1e-5)
+    assert_close_to(grad_x, expected_grad, 1e-5)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_under_bf16_autocast_the_op_returns_bf16_and_equals_the_formula(imagenet_folder, mode, layout):
+    module = SETTINGS[mode][0]
+    x = first_lrn_input(imagenet_folder, mode, layout, autocast=True).requires_grad_()
+    assert x.dtype == torch.bfloat16
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x)
+        pooled = F.max_pool2d(out, 3, 2)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    assert out.dtype == pooled.dtype == grad_x.dtype == torch.bfloat16  # the pool after it runs in bf16 too
+    expected, expected_grad = reference_and_gradient(x, grad, mode)
+    assert_close_to(out, expected, 1e-2)
+    assert_close_to(grad_x, expected_grad, 1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autograd_keeps_only_the_input(mode, dtype):
+    x = (torch.rand(2, 8, 9, 9) * 300).to(dtype).requires_grad_()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor) or tensor, lambda tensor: tensor):
+        SETTINGS[mode][0](x)
+    assert len(saved) == 1 and saved[0].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+
+
+def test_cross_channel_fp32_forward_is_torchs_local_response_norm_bit_for_bit():
+    x = torch.rand(2, 16, 9, 7) * 300
+    for layout in LAYOUTS.values():
+        x = x.contiguous(memory_format=layout)
+        assert torch.equal(CrossChannelLRN()(x), torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x))
+
+
+@pytest.mark.slow
+def test_compiled_op_equals_eager_in_forward_and_backward(mode):
+    torch._dynamo.reset()
+    _, size, alpha, beta, k = SETTINGS[mode]
+    x = (torch.rand(2, 8, 15, 15) * 300).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(x.shape)
+
+    def norm(t: torch.Tensor) -> torch.Tensor:
+        return local_response_norm(t, mode, size, alpha, beta, k)
+
+    compiled = torch.compile(norm, fullgraph=True, dynamic=False)  # fullgraph: no graph break around the op
+    (eager_grad,) = torch.autograd.grad(norm(x), x, grad)
+    out = compiled(x)
+    (compiled_grad,) = torch.autograd.grad(out, x, grad)
+    torch.testing.assert_close(out, norm(x), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", [WithinChannelLRN, CrossChannelLRN])
+def test_even_window_is_refused(module):
+    with pytest.raises(ValueError, match="odd window size"):
+        module(size=4)
+
+
+def test_a_map_that_is_not_4d_is_refused():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        CrossChannelLRN()(torch.ones(3, 8, 8))
