@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 import sys
 
+from .lrn_check import format_lrn_check, run_lrn_check
+from .profile import format_profile, run_profile
 from .report import format_report
 from .run import run_bench
 from .settings import BenchUsageError, parse_settings
@@ -42,11 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     try:
-        report = run_bench(settings)
+        run, format_ = ((run_profile, format_profile) if settings.profile else
+                        (run_lrn_check, format_lrn_check) if settings.lrn_check else (run_bench, format_report))
+        report = run(settings)
     except BenchUsageError as error:
         print(f"spp-cls bench: error: {error}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    print(format_(report))
     if settings.out is not None:
         settings.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {settings.out}")

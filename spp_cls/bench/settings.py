@@ -52,6 +52,9 @@ class BenchSettings:
     compile: bool
     out: Path | None
     decode: str = "cpu"
+    profile: bool = False
+    lrn_check: bool = False
+    old_lrn: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode", choices=("cpu", "device"), default="cpu",
                         help="where training JPEGs are decoded: in the loader workers, or batched on the device "
                              "(data.decode); run both on a GPU node to choose")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--profile", action="store_true",
+                       help="instead: profile the model-only step (time by kernel family, top kernels, Chrome trace)")
+    modes.add_argument("--lrn-check", action="store_true",
+                       help="instead: the one-op LRN against the old formula (step time, saved bytes; default model "
+                            "zf5_spp)")
+    parser.add_argument("--old-lrn", action="store_true", help="with --profile: the old LRN formula (the baseline)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON to this file")
     return parser
 
@@ -144,10 +154,13 @@ def parse_settings(argv: Sequence[str]) -> BenchSettings:
             if not (Path(args.data) / split / "manifest.json").is_file():
                 raise BenchUsageError(f"--data {args.data}: no {split}/manifest.json there; give 'synthetic' or the "
                                       "output root of `spp-cls shards`")
+    if args.old_lrn and not args.profile:
+        raise BenchUsageError("--old-lrn goes with --profile")
     if args.out is not None and not args.out.parent.is_dir():
         raise BenchUsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
     return BenchSettings(
-        models=tuple(model_spec(name) for name in dict.fromkeys(args.model or DEFAULT_MODELS)),
+        models=tuple(model_spec(name) for name in
+                     dict.fromkeys(args.model or (("zf5_spp",) if args.lrn_check else DEFAULT_MODELS))),
         sizes=args.sizes,
         batch_size=args.batch_size or (128 if on_gpu else 32),
         data=args.data,
@@ -161,4 +174,7 @@ def parse_settings(argv: Sequence[str]) -> BenchSettings:
         compile=args.compile,
         out=args.out,
         decode=args.decode,
+        profile=args.profile,
+        lrn_check=args.lrn_check,
+        old_lrn=args.old_lrn,
     )
