@@ -90,7 +90,10 @@ def run_child(args: argparse.Namespace, model: str, cache: Path) -> dict[str, An
             "--precision", args.precision, "--steps", str(args.steps),
             *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
             *(["--device", args.device] if args.device else []), *(["--channels-last"] if args.channels_last else [])]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": model, "timed_out_s": args.child_timeout, "sizes": []}
     if done.returncode != 0:
         sys.exit(f"compile_times: {model} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--steps", type=int, default=5, help="timed steady steps per size and variant")
+    parser.add_argument("--cold-only", action="store_true", help="skip the warm-cache process")
+    parser.add_argument("--child-timeout", type=float, help="seconds a process may take; reported when it runs over")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,7 +121,7 @@ def main() -> None:
     results = []
     for model in args.model:
         with tempfile.TemporaryDirectory(prefix="spp-cls-compile-cache-") as cache:
-            for cache_state in ("cold", "warm"):
+            for cache_state in ("cold",) if args.cold_only else ("cold", "warm"):
                 print(f"compile_times: {model}, {cache_state} cache", file=sys.stderr, flush=True)
                 results.append({"cache": cache_state, **run_child(args, model, Path(cache))})
     print(f"torch {torch.__version__}; width {args.width:g}, precision {args.precision}, channels_last "
@@ -124,6 +129,9 @@ def main() -> None:
     print(f"{'model':<14}{'cache':<6}{'size':>5}{'batch':>6}{'first step s':>13}{'compiled ms':>12}{'eager ms':>10}"
           f"{'eager/compiled':>15}{'graphs':>7}")
     for result in results:
+        if "timed_out_s" in result:
+            print(f"  {result['model']} ({result['cache']}): did not finish within {result['timed_out_s']:g} s")
+            continue
         for row in result["sizes"]:
             print(f"{result['model']:<14}{result['cache']:<6}{row['size']:>5}{result['batch_size']:>6}"
                   f"{row['first_step_s']:>13.1f}{row['compiled_step_ms']:>12.1f}{row['eager_step_ms']:>10.1f}"

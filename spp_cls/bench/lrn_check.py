@@ -2,8 +2,8 @@
 
 The baseline is autograd over the plain formulas: ZF-5's within-channel `x * (1 + alpha * avg_pool(x^2))^-beta` and
 PyTorch's `nn.LocalResponseNorm` for the cross-channel LRN of the others. It lives here only, as the benchmark's
-baseline. For each network and size the same weights train the model-only step with either LRN (best of two
-alternating rounds each: old, new, new, old), and one forward counts the activation bytes autograd saves for backward.
+baseline. For each network and size the same weights train the model-only step with either LRN (best of three
+alternating rounds each, see ROUNDS), and one forward counts the activation bytes autograd saves for backward.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from .settings import NUM_CLASSES, Batch, BenchSettings, BenchUsageError, ModelS
 from .timing import cycle, random_batches, timed_steps
 
 VARIANTS = ("old", "new")
+ROUNDS = ("old", "new", "new", "old", "old", "new")
+"""Timed rounds, alternating so that a drift of the machine's speed (a shared CPU) hits both alike; the best counts."""
 
 
 class OldWithinChannelLRN(nn.Module):
@@ -95,7 +97,7 @@ def check_model(spec: ModelSpec, size: int, settings: BenchSettings, device: tor
         variant: bare_train_step(modules[variant], size, settings.batch_size, settings.precision, device)
         for variant in VARIANTS}
     rounds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-    for variant in ("old", "new", "new", "old"):
+    for variant in ROUNDS:
         print(f"bench: {spec.name} at {size}: {variant} LRN", file=sys.stderr, flush=True)
         timing = timed_steps(steps[variant], cycle(batches), settings.warmup, settings.steps, device)
         rounds[variant].append(1e3 * timing.seconds / settings.steps)
