@@ -10,7 +10,8 @@ taken at each size, compiled and eager (the baseline: the same weights, same pro
 graph count says whether alternating recompiled (it must equal the number of sizes).
 
     python benchmarks/compile_times.py [--model zf5_spp ...] [--sizes 224,180] [--width 1] [--batch-size N]
-        [--precision 32|bf16] [--channels-last] [--device cpu|cuda] [--steps N] [--out FILE.json]
+        [--precision 32|bf16] [--channels-last] [--device cpu|cuda] [--steps N] [--cold-only]
+        [--child-timeout S] [--out FILE.json]
 """
 from __future__ import annotations
 

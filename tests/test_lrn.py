@@ -36,7 +36,8 @@ def caffe_lrn_loops(x: torch.Tensor, mode: str, size: int, alpha: float, beta: f
             for i in range(h):
                 for j in range(w):
                     if mode == "within":
-                        window = [(ch, i + di, j + dj) for di in range(-half, half + 1) for dj in range(-half, half + 1)]
+                        offsets = range(-half, half + 1)
+                        window = [(ch, i + di, j + dj) for di in offsets for dj in offsets]
                     else:
                         window = [(ch + dc, i, j) for dc in range(-half, half + 1)]
                     total = sum(float(x[b, cc, ii, jj]) ** 2 for cc, ii, jj in window
