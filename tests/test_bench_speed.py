@@ -72,6 +72,7 @@ def test_profile_of_the_old_lrn_formula_runs_its_autograd_graph(tmp_path, capsys
     ("aten::mul_", "LRN/elementwise"),
     ("aten::_foreach_add_", "optimizer"),
     ("Optimizer.step#SGD.step", "optimizer"),
+    ("Optimizer.zero_grad#SGD.zero_grad", "optimizer"),
     ("aten::_to_copy", "copies and casts"),
     ("aten::copy_", "copies and casts"),
     ("aten::nll_loss_forward", "other"),

@@ -30,7 +30,7 @@ TOP_KERNELS = 15
 # unless they fuse a max pool; their names mention "convolution" for a fused bias, so the convolution rule skips them.
 # cuDNN's convolution kernels are implicit GEMMs: the convolution rule comes before the matmul one.
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((family, re.compile(pattern)) for family, pattern in (
-    ("optimizer", r"optimizer\.step|_foreach_|fused_sgd"),
+    ("optimizer", r"^optimizer\.(step|zero_grad)|_foreach_|fused_sgd"),
     ("copies and casts", r"^aten::(copy_|_to_copy|to|clone|contiguous|fill_|zero_|constant_pad_nd|"
                          r"_local_scalar_dense)$|memcpy|memset"),
     ("convolution", r"^(?!triton_(poi|red|per)_).*(conv|fprop|dgrad|wgrad|implicit_gemm)"),
@@ -49,10 +49,11 @@ def family_of(name: str) -> str:
 
 
 def _family_in_context(event: FunctionEvent) -> str:
-    """An op inside the optimiser's step counts as optimizer whatever it is (the single-tensor SGD is add_/mul_)."""
+    """An op inside the optimiser's step or zero_grad counts as optimizer whatever it is (the single-tensor SGD is
+    add_/mul_)."""
     parent = event.cpu_parent
     while parent is not None:
-        if parent.name.startswith("Optimizer.step"):
+        if parent.name.startswith(("Optimizer.step", "Optimizer.zero_grad")):
             return "optimizer"
         parent = parent.cpu_parent
     return family_of(event.name)
