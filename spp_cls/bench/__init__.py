@@ -16,6 +16,8 @@ For each network and training size it measures, on the device it is given (CPU h
     spp-cls bench [--model NAME...] [--sizes 224,180] [--batch-size N] [--data synthetic|DIR] [--steps N]
                   [--warmup N] [--width W] [--workers N] [--device cpu|cuda] [--channels-last] [--precision 32|bf16]
                   [--compile] [--out FILE.json]
+    spp-cls bench --profile [--old-lrn] [options]   # instead: where the step goes (see bench/profile.py)
+    spp-cls bench --lrn-check [options]             # instead: the one-op LRN against the old formula (lrn_check.py)
 
 NOTE known limits: FlopCounterMode counts convolutions and matrix products only (not LRN, pooling, ReLU or the
 input resize), which is how MFU is usually defined. Every timed window is short, so CPU figures vary by 10-25 %
