@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
 from spp_cls.data.stream.jpeg_batch import JpegCrop
 from spp_cls.data.stream.pipeline import crop_window
 from spp_cls.data.synthetic import render_image, synthetic_classes
+from spp_cls.models import CrossChannelLRN, WithinChannelLRN, create
+from spp_cls.train.augment import InputTransform
 
 TABLE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"
 
@@ -272,3 +275,83 @@ def write_quirk_files(folder: str | Path, seed: int = 0) -> list[QuirkFile]:
     for quirk, data in files:
         (folder / quirk.name).write_bytes(data)
     return [quirk for quirk, _ in files]
+
+
+# ---- LRN: Caffe's formulas in float64, and real activations to hold the ops to ---------------------------------
+SETTINGS = {
+    "within": (WithinChannelLRN(), 3, 5e-5, 0.75, 1.0),
+    "cross": (CrossChannelLRN(), 5, 1e-4, 0.75, 2.0),
+}
+TRUNK_OF_MODE = {"within": "zf5", "cross": "convnet5"}
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+# ---- the float64 references -----------------------------------------------------------------------------------------
+def caffe_lrn_loops(x: torch.Tensor, mode: str, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """Caffe's formulas one output at a time: x / (k + alpha / window size * sum of x^2 over the window)^beta, the
+    window n x n pixels of the channel (within) or n channels at the pixel (cross), zero outside the map."""
+    n, c, h, w = x.shape
+    half = size // 2
+    out = torch.empty_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(h):
+                for j in range(w):
+                    if mode == "within":
+                        offsets = range(-half, half + 1)
+                        window = [(ch, i + di, j + dj) for di in offsets for dj in offsets]
+                    else:
+                        window = [(ch + dc, i, j) for dc in range(-half, half + 1)]
+                    total = sum(float(x[b, cc, ii, jj]) ** 2 for cc, ii, jj in window
+                                if 0 <= cc < c and 0 <= ii < h and 0 <= jj < w)
+                    out[b, ch, i, j] = x[b, ch, i, j] / (k + alpha / len(window) * total) ** beta
+    return out
+
+
+def caffe_lrn(x: torch.Tensor, mode: str, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """The same formulas vectorised, as sums of shifted slices of the zero-padded squares (differentiable)."""
+    n, c, h, w = x.shape
+    half = size // 2
+    if mode == "within":
+        padded = F.pad(x * x, (half, half, half, half))
+        total = sum(padded[:, :, i:i + h, j:j + w] for i in range(size) for j in range(size))
+        count = size * size
+    else:
+        padded = F.pad(x * x, (0, 0, 0, 0, half, half))
+        total = sum(padded[:, i:i + c] for i in range(size))
+        count = size
+    return x / (k + alpha / count * total) ** beta
+
+
+def reference_and_gradient(x: torch.Tensor, grad: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and input gradient of `caffe_lrn` in float64 at the (already rounded) values of x and grad."""
+    _, size, alpha, beta, k = SETTINGS[mode]
+    x64 = x.detach().double().requires_grad_()
+    out = caffe_lrn(x64, mode, size, alpha, beta, k)
+    (grad_x,) = torch.autograd.grad(out, x64, grad.double())
+    return out.detach(), grad_x
+
+
+def assert_close_to(got: torch.Tensor, expected: torch.Tensor, relative: float) -> None:
+    """Equal to `relative` of each value, or of the tensor's largest value where the backward's two terms cancel."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got.double(), expected, rtol=relative, atol=relative * scale)
+
+
+# ---- inputs: the first LRN's input of the real trunk on real JPEG pixels ---------------------------------------------
+def real_images(folder: Path, count: int = 2, side: int = 224) -> torch.Tensor:
+    """uint8 (count, 3, side, side) JPEG images of the synthetic ImageNet folder, resized."""
+    paths = sorted((folder / "train").rglob("*.JPEG"))[:count]
+    pixels = [torch.from_numpy(np.array(Image.open(path).convert("RGB").resize((side, side))))
+              for path in paths]
+    return torch.stack(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def first_lrn_input(folder: Path, mode: str, layout: str, autocast: bool = False) -> torch.Tensor:
+    """conv1 + ReLU of the trunk that uses `mode` (Kaiming init, width 0.25) on real pixels minus the mean: what its
+    first LRN receives (bf16 under CPU autocast)."""
+    torch.manual_seed(0)
+    trunk = create(TRUNK_OF_MODE[mode], init="kaiming", width=0.25).trunk.to(memory_format=LAYOUTS[layout])
+    pixels = InputTransform()(real_images(folder)).contiguous(memory_format=LAYOUTS[layout])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return trunk.relu1(trunk.conv1(pixels))

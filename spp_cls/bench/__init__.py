@@ -17,6 +17,8 @@ For each network and training size it measures, on the device it is given (CPU h
     spp-cls bench [--model NAME...] [--sizes 224,180] [--batch-size N] [--data synthetic|DIR] [--steps N]
                   [--warmup N] [--width W] [--workers N] [--device cpu|cuda] [--channels-last] [--precision 32|bf16]
                   [--compile] [--out FILE.json]
+    spp-cls bench --profile [--old-lrn] [options]   # instead: where the step goes (see bench/profile.py)
+    spp-cls bench --lrn-check [options]             # instead: the one-op LRN against the old formula (lrn_check.py)
 
 NOTE known limits: FlopCounterMode counts convolutions and matrix products only (not LRN, pooling, ReLU or the
 input resize), which is how MFU is usually defined. Every timed window is short, so CPU figures vary by 10-25 %
@@ -29,6 +31,8 @@ from __future__ import annotations
 import json
 import sys
 
+from .lrn_check import format_lrn_check, run_lrn_check
+from .profile import format_profile, run_profile
 from .report import format_report
 from .run import run_bench
 from .settings import BenchUsageError, parse_settings
@@ -48,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     try:
-        report = run_bench(settings)
+        run, format_ = ((run_profile, format_profile) if settings.profile else
+                        (run_lrn_check, format_lrn_check) if settings.lrn_check else (run_bench, format_report))
+        report = run(settings)
     except BenchUsageError as error:
         print(f"spp-cls bench: error: {error}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    print(format_(report))
     if settings.out is not None:
         settings.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {settings.out}")

@@ -54,6 +54,9 @@ class BenchSettings:
     out: Path | None
     decode: str = "cpu"
     decode_backend: str = "auto"
+    profile: bool = False
+    lrn_check: bool = False
+    old_lrn: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(data.decode); run both on a GPU node to choose")
     parser.add_argument("--decode-backend", choices=DECODE_BACKENDS, default="auto",
                         help="nvImageCodec's backend with --decode device (data.decode_backend); only cpu on a CPU")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--profile", action="store_true",
+                       help="instead: profile the model-only step (time by kernel family, top kernels, Chrome trace)")
+    modes.add_argument("--lrn-check", action="store_true",
+                       help="instead: the one-op LRN against the old formula (step time, saved bytes; default model "
+                            "zf5_spp)")
+    parser.add_argument("--old-lrn", action="store_true", help="with --profile: the old LRN formula (the baseline)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON to this file")
     return parser
 
@@ -153,10 +163,13 @@ def parse_settings(argv: Sequence[str]) -> BenchSettings:
             check_backend(args.decode_backend, torch.device(device))
         except ValueError as error:
             raise BenchUsageError(f"--decode-backend: {error}") from None
+    if args.old_lrn and not args.profile:
+        raise BenchUsageError("--old-lrn goes with --profile")
     if args.out is not None and not args.out.parent.is_dir():
         raise BenchUsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
     return BenchSettings(
-        models=tuple(model_spec(name) for name in dict.fromkeys(args.model or DEFAULT_MODELS)),
+        models=tuple(model_spec(name) for name in
+                     dict.fromkeys(args.model or (("zf5_spp",) if args.lrn_check else DEFAULT_MODELS))),
         sizes=args.sizes,
         batch_size=args.batch_size or (128 if on_gpu else 32),
         data=args.data,
@@ -171,4 +184,7 @@ def parse_settings(argv: Sequence[str]) -> BenchSettings:
         out=args.out,
         decode=args.decode,
         decode_backend=args.decode_backend,
+        profile=args.profile,
+        lrn_check=args.lrn_check,
+        old_lrn=args.old_lrn,
     )

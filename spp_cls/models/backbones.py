@@ -13,7 +13,7 @@ from typing import Literal
 
 from torch import nn
 
-from .lrn import WithinChannelLRN, cross_channel_lrn
+from .lrn import CrossChannelLRN, WithinChannelLRN
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def build_trunk(spec: TrunkSpec, width: float = 1.0) -> nn.Sequential:
             if isinstance(op, MaxPool):
                 layers[f"pool{index}"] = nn.MaxPool2d(op.kernel, op.stride)
             else:
-                layers[f"norm{index}"] = WithinChannelLRN() if op.mode == "within" else cross_channel_lrn()
+                layers[f"norm{index}"] = WithinChannelLRN() if op.mode == "within" else CrossChannelLRN()
         in_channels = out_channels
     return nn.Sequential(OrderedDict(layers))
 
