@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Protocol
@@ -91,12 +91,14 @@ class DecodeFailures:
 
     Args:
         shard_names: the train shards in manifest order (the indices of the budget).
-        epoch_budget: the current training epoch's budget (None before the first epoch starts).
+        budgets: the datamodule's budget of each kind of pass; ``"fit"`` is the current training epoch's (absent
+            before the first epoch starts). A mapping, not a callback, so that the datamodule still pickles for
+            ``ddp_spawn``.
     """
 
-    def __init__(self, shard_names: Sequence[str], epoch_budget: Callable[[], CorruptBudget | None]) -> None:
+    def __init__(self, shard_names: Sequence[str], budgets: Mapping[str, CorruptBudget]) -> None:
         self._index = {name: index for index, name in enumerate(shard_names)}
-        self._epoch_budget = epoch_budget
+        self._budgets = budgets
         self.seen = 0
         self.corrupt = 0
 
@@ -107,7 +109,7 @@ class DecodeFailures:
         self.seen += 1
         self.corrupt += 1
         log.warning("corrupt sample %s in %s: %s", key, shard, reason)
-        budget = self._epoch_budget()
+        budget = self._budgets.get("fit")
         if budget is not None:
             budget.add(CorruptReport(((self._index[PurePath(shard).name], 1),)))
 

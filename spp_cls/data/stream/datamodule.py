@@ -189,8 +189,7 @@ class ShardDataModule(pl.LightningDataModule):
             raise ManifestError(f"{self.root}: the train and val manifests have different class mappings")
         if self.train_manifest.mean_rgb is None:
             raise ManifestError(f"{self.root / 'train'}: the train manifest has no mean_rgb / PCA statistics")
-        self.decode_failures = DecodeFailures([shard.name for shard in self.train_manifest.shards],
-                                              lambda: self.budgets.get("fit"))
+        self.decode_failures = DecodeFailures([shard.name for shard in self.train_manifest.shards], self.budgets)
         self.rank, self.world_size = 0, 1
 
     @property
