@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "spp_cls"
-OUTSIDE_CODE = ("spp_cls.bench", "spp_cls.cli", "spp_cls.demo", "spp_cls.__main__")
+OUTSIDE_CODE = ("spp_cls.bench", "spp_cls.cli", "spp_cls.demo", "spp_cls.predict", "spp_cls.__main__")
 """The package's users: they may import everything, and nothing in the package imports them."""
 LIGHTNING = ("pytorch_lightning", "lightning")
 
