@@ -59,16 +59,18 @@ class BenchSettings:
     old_lrn: bool = False
 
 
-class _Parser(argparse.ArgumentParser):
+class BenchParser(argparse.ArgumentParser):
+    """argparse whose errors are BenchUsageError: one line and exit status 2."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise BenchUsageError(message)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
@@ -82,7 +84,7 @@ def _int_at_least(text: str, smallest: int) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -113,19 +115,19 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="spp-cls bench", description="Throughput of models, data path and harness.",
+    parser = BenchParser(prog="spp-cls bench", description="Throughput of models, data path and harness.",
                      epilog="Defaults on CUDA: batch 128, warmup 10, steps 50; on a CPU: batch 32, warmup 2, steps 5.")
     parser.add_argument("--model", nargs="+", action="extend", metavar="NAME",
                         help=f"networks to measure (default: {' '.join(DEFAULT_MODELS)}); see `spp-cls models`")
     parser.add_argument("--sizes", type=_sizes, default=(224, 180), help="training sizes, comma-separated")
-    parser.add_argument("--batch-size", type=_positive_int, help="images per step")
+    parser.add_argument("--batch-size", type=positive_int, help="images per step")
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' (a small synthetic shard set in a temp dir) or an output root of `spp-cls "
                              "shards`")
-    parser.add_argument("--steps", type=_positive_int, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=_non_negative_int, help="untimed steps before each measurement")
-    parser.add_argument("--width", type=_positive_float, default=1.0, help="width multiplier of the networks")
-    parser.add_argument("--workers", type=_non_negative_int, default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--steps", type=positive_int, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=non_negative_int, help="untimed steps before each measurement")
+    parser.add_argument("--width", type=positive_float, default=1.0, help="width multiplier of the networks")
+    parser.add_argument("--workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader worker processes of the data path")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format")

@@ -23,7 +23,6 @@ to 224 x 224, the size this network classifies, and the fc time has no SVMs (the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -52,7 +51,7 @@ from ..paper import (
 from ..predict import PredictError, check_inside, read_box_file
 from ..protocol import IMAGENET_PIXEL_STATISTICS
 from .device import autocast, device_name, synchronize
-from .settings import PRECISIONS, BenchUsageError
+from .settings import PRECISIONS, BenchParser, BenchUsageError, positive_float, positive_int
 
 IMAGE_SIZE = (375, 500)
 """(height, width) of the bench images."""
@@ -76,39 +75,15 @@ class WindowsSettings:
     out: Path | None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise BenchUsageError(message)
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
 def parse_settings(argv: Sequence[str]) -> WindowsSettings:
-    parser = _Parser(prog="spp-cls bench windows",
-                     description="Detection speed (paper Table 9): SPP-net windows on conv maps against R-CNN crops.")
-    parser.add_argument("--images", type=_at_least_one,
+    parser = BenchParser(prog="spp-cls bench windows", description="Detection speed (paper Table 9): SPP-net "
+                         "windows on conv maps against R-CNN crops.")
+    parser.add_argument("--images", type=positive_int,
                         help="images timed (default 2, or every image of the --boxes file)")
-    parser.add_argument("--windows", type=_at_least_one, default=2000, help="windows per image (default 2000)")
+    parser.add_argument("--windows", type=positive_int, default=2000, help="windows per image (default 2000)")
     parser.add_argument("--boxes", type=Path, help="JSON of boxes per image instead of drawn ones")
-    parser.add_argument("--width", type=_positive, default=1.0, help="width multiplier of ZF-5 (1.0 = the paper's)")
+    parser.add_argument("--width", type=positive_float, default=1.0,
+                        help="width multiplier of ZF-5 (1.0 = the paper's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="32", help="bf16: autocast")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn windows and images")
