@@ -87,60 +87,64 @@ def default_cfg(name: str) -> SppModelCfg:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_CFGS)}") from None
 
 
-def build_paper_net(
-        backbone: str,
-        head: Head = "spp",
-        num_classes: int = 1000,
-        width: float = 1.0,
-        init: Init = "paper",
-        levels: Sequence[int] = PAPER_LEVELS,
-        dropout: float = 0.5,
-) -> SppNet:
-    """One of the paper's four networks; `width` scales every conv and fc width but no map size."""
+@dataclass(frozen=True)
+class NetOptions:
+    """The options every network builder takes, written once: `create`, the builders and timm's entry points pass
+    them through as keywords, so a new option is added here (and to `SppClassifier`, whose signature is the CLI's).
+
+    Attributes:
+        width: multiplies every conv and fc width of a paper net (only the fc widths of a timm trunk), no map size.
+        init: "paper" (Gaussian 0.01, AlexNet biases) or "kaiming"; a timm trunk keeps timm's own init.
+        levels: pyramid levels of the SPP head.
+    """
+
+    num_classes: int = 1000
+    width: float = 1.0
+    init: Init = "paper"
+    levels: Sequence[int] = PAPER_LEVELS
+    dropout: float = 0.5
+
+
+def build_paper_net(backbone: str, head: Head = "spp", **options: Any) -> SppNet:
+    """One of the paper's four networks (`options`: see `NetOptions`)."""
     if backbone not in TRUNKS:
         raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(TRUNKS)}")
+    opts = NetOptions(**options)
     spec = TRUNKS[backbone]
-    trunk = build_trunk(spec, width)
-    pool = make_pool(head, levels, (spec.nospp_pool.kernel, spec.nospp_pool.stride))
+    trunk = build_trunk(spec, opts.width)
+    pool = make_pool(head, opts.levels, (spec.nospp_pool.kernel, spec.nospp_pool.stride))
     net = SppNet(
         trunk,
-        trunk_channels=scaled_width(spec.out_channels, width),
+        trunk_channels=scaled_width(spec.out_channels, opts.width),
         pool=pool,
-        num_classes=num_classes,
-        fc_width=scaled_width(4096, width),
-        dropout=dropout,
+        num_classes=opts.num_classes,
+        fc_width=scaled_width(4096, opts.width),
+        dropout=opts.dropout,
         min_input_size=min_input_size(spec),
         feature_geometry=feature_map_geometry(spec),
     )
-    init_trunk(net.trunk, init)
-    init_head([m for m in (net.fc6, net.fc7, net.fc8) if isinstance(m, nn.Linear)], init)
+    init_trunk(net.trunk, opts.init)
+    init_head([m for m in (net.fc6, net.fc7, net.fc8) if isinstance(m, nn.Linear)], opts.init)
     return net
 
 
-def build_timm_net(
-        backbone: str,
-        head: Head = "spp",
-        num_classes: int = 1000,
-        width: float = 1.0,
-        init: Init = "paper",
-        levels: Sequence[int] = PAPER_LEVELS,
-        dropout: float = 0.5,
-) -> SppNet:
+def build_timm_net(backbone: str, head: Head = "spp", **options: Any) -> SppNet:
     """The SPP (or 6x6 adaptive max-pool, for `nospp`) + fc head on a timm trunk without its own pooling.
 
-    The trunk keeps timm's own init and has no pretrained weights; `width` scales only the fc layers.
+    The trunk keeps timm's own init and has no pretrained weights (`options`: see `NetOptions`).
     """
+    opts = NetOptions(**options)
     trunk = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
-    pool = SpatialPyramidPool2d(levels if head == "spp" else (6,))
+    pool = SpatialPyramidPool2d(opts.levels if head == "spp" else (6,))
     net = SppNet(
         _TimmTrunk(trunk),
         trunk_channels=trunk.num_features,
         pool=pool,
-        num_classes=num_classes,
-        fc_width=scaled_width(4096, width),
-        dropout=dropout,
+        num_classes=opts.num_classes,
+        fc_width=scaled_width(4096, opts.width),
+        dropout=opts.dropout,
     )
-    init_head([m for m in (net.fc6, net.fc7, net.fc8) if isinstance(m, nn.Linear)], init)
+    init_head([m for m in (net.fc6, net.fc7, net.fc8) if isinstance(m, nn.Linear)], opts.init)
     return net
 
 
@@ -158,8 +162,7 @@ class _TimmTrunk(nn.Module):
 def create(backbone: str, head: Head = "spp", **options: Any) -> SppNet:
     """Build a network by backbone name: one of the paper's four, or any timm model name.
 
-    `options` go to the builder as they are (`num_classes`, `width`, `init`, `levels`, `dropout`: see
-    `build_paper_net` and `build_timm_net`), so a new option is added to the builders' signatures only.
+    `options` go to the builder as they are (see `NetOptions`).
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
