@@ -15,10 +15,10 @@ How it works:
 - `manifest.json` is assembled from the records once every shard is finished; it is the last file written, and it is
   removed before any shard of its split is (re)written, so a manifest always sits next to a complete set of shards.
 
-Where the parts live: `sources.py` lists SRC, `imageprep.py` turns one file into the JPEG to store, `pixelstats.py`
-estimates the mean and PCA, `shardwriter.py` writes one shard and its record, `verify.py` is `--verify`, and
-`shard_errors.py` holds the errors; this module plans the shards, resumes, assembles the manifests and is the command
-line. Everything a caller needs is importable from here.
+Where the parts live (all in `spp_cls/data/shards/`): `sources.py` lists SRC, `imageprep.py` turns one file into the
+JPEG to store, `pixelstats.py` estimates the mean and PCA, `writer.py` writes one shard and its record, `verify.py` is
+`--verify`, and `errors.py` holds the errors; this module plans the shards, resumes, assembles the manifests and is the
+command line. Everything a caller needs is importable from here.
 
 NOTE known limits: one conversion per OUT at a time (a second one would delete the first one's temp files); the
 file list is held in memory (about 150 MB of paths for ImageNet's 1.28 M training files), images are not; CMYK is
