@@ -14,16 +14,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/spp-cls demo
+	$(BIN)/spp-cls demo
 
 test: install
-	WANDB_MODE=offline $(BIN)/python -m pytest
+	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check spp_cls tests benchmarks
 
 test-fast: install
-	WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow and not slurm"
+	$(BIN)/python -m pytest -m "not slow and not slurm"
 
 clean:
 	rm -rf $(VENV) runs demo

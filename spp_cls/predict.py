@@ -125,8 +125,8 @@ def run_classes(ckpt: Path, manifest: Path | None) -> tuple[ClassEntry, ...]:
 def load_module(ckpt: Path, device: str) -> Any:
     from .train.module import SppClassifier  # Lightning: imported once the arguments are known to be sound
 
-    try:
-        return SppClassifier.load_from_checkpoint(ckpt, map_location=device).eval()
+    try:  # weights_only: a checkpoint holding pickled objects (which could run code when loaded) is refused
+        return SppClassifier.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
     except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as error:
         raise PredictError(f"cannot load checkpoint {ckpt}: {type(error).__name__}: {error}".splitlines()[0]) from None
 

@@ -115,6 +115,15 @@ def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str]) ->
     return subprocess.CompletedProcess(command, process.returncode, output)
 
 
+def new_user_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a new user: no wandb login or settings (no WANDB_* variable, an empty HOME, so no
+    ~/.netrc and no ~/.config/wandb), and none of the variables this suite or its runner may set."""
+    home.mkdir(parents=True, exist_ok=True)
+    kept = {key: value for key, value in os.environ.items()
+            if not key.startswith(("WANDB_", "SPP_CLS_")) and key not in ("HOME", "NETRC", "XDG_CONFIG_HOME")}
+    return {**kept, "HOME": str(home), **extra}
+
+
 # ---- wandb ------------------------------------------------------------------------------------------------------
 def offline_run_ids(run_dir: Path) -> set[str]:
     """The run id of every offline start under ``run_dir/wandb``.

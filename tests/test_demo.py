@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import new_user_env
 
 from spp_cls.data.stream.datamodule import ShardDataModule
 from spp_cls.data.stream.views import ten_views
@@ -20,13 +20,13 @@ CLASSES = 5
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo run as a user runs it, in its own process; what it printed is kept in `output.txt`."""
+    """The demo run as a new user runs it (no wandb login, no WANDB_* variable), in its own process; what it printed
+    is kept in `output.txt`."""
     out = tmp_path_factory.mktemp("demo")
     command = [sys.executable, "-m", "spp_cls", "demo", "--out", str(out / "demo"), "--classes", str(CLASSES),
                "--train-per-class", "60", "--val-per-class", "10", "--epochs", "6"]
-    env = {key: value for key, value in os.environ.items() if key not in ("WANDB_SILENT", "SPP_CLS_VERBOSE")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False,
-                          env={**env, "WANDB_MODE": "offline"})
+                          env=new_user_env(out / "home"))
     assert done.returncode == 0, done.stderr[-3000:]
     (out / "demo" / "output.txt").write_text(done.stdout + done.stderr)
     return out / "demo"

@@ -21,6 +21,9 @@ QUIET_WARNINGS: tuple[str, ...] = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     # the run directory holds the checkpoints beside the run's other files by design, and `fit` resumes from it
     r"Checkpoint directory .* exists and is not empty",
+    # any machine with SLURM installed (every login node): outside an allocation a run is not meant for srun, and
+    # the repo's job scripts launch with srun
+    r"The `srun` command is available on your system but is not used",
 )
 """Warnings (by the start of their message) that a user of spp-cls can do nothing about."""
 

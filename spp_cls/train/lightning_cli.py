@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +87,40 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def wandb_offline() -> bool:
-    """Offline unless the user is logged in (an API key in the environment or in ~/.netrc) or sets WANDB_MODE."""
+def wandb_mode() -> str:
+    """The wandb mode of a run: WANDB_MODE when set, else online when the user is logged in (an API key in the
+    environment or in ~/.netrc), else offline.
+
+    The mode goes to `wandb.init` itself: WandbLogger's `offline=True` only sets WANDB_MODE in the environment, which
+    wandb reads once, at `wandb.setup()` (`console.quiet_libraries` calls it before any logger exists), so a user
+    without a login would be asked to log in.
+    """
     if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"] in ("offline", "dryrun")
+        return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
-        return False
+        return "online"
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     host = os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1].split("/")[0]
-    return not (netrc.is_file() and host in netrc.read_text(errors="ignore"))
+    logged_in = netrc.is_file() and host in netrc.read_text(errors="ignore")
+    return "online" if logged_in else "offline"
+
+
+@contextlib.contextmanager
+def _checkpoints_as_data(path: Path | str | None) -> Iterator[None]:
+    """Checkpoints are loaded with `weights_only=True`: a shared checkpoint holding anything but tensors and plain
+    data (a pickled object could run code when loaded) is refused, in one line, before anything of it runs."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0] if str(error) else "not a plain-data checkpoint"
+        raise CheckpointRefused(f"refused to load checkpoint {path}: it holds more than tensors and plain data "
+                                f"({reason})") from None
+
+
+class CheckpointRefused(ValueError):
+    """A checkpoint that torch's `weights_only` loader refuses: one `spp-cls: error:` line, exit status 2."""
 
 
 def _save_config_class() -> type:
@@ -150,6 +176,12 @@ def _cli_class(base: type) -> type:
             parser.link_arguments("data", "model.pixel_statistics", compute_fn=lambda data: data.pixel_statistics,
                                   apply_on="instantiate")
 
+        def _parse_ckpt_path(self) -> None:
+            """LightningCLI reads the hyperparameters of a `--ckpt_path` file before anything else runs."""
+            subcommand = self.config.get("subcommand")
+            with _checkpoints_as_data(self.config[subcommand].get("ckpt_path") if subcommand else None):
+                super()._parse_ckpt_path()
+
         @property
         def run_config(self) -> Any:
             return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
@@ -194,7 +226,7 @@ def _cli_class(base: type) -> type:
                     id=wandb_run_id(directory),
                     resume="allow",
                     save_dir=str(directory),
-                    offline=wandb_offline(),
+                    mode=wandb_mode(),
                     tags=[hp.backbone, self.model.variant, self.run_config.experiment],
                     job_type=self.subcommand,
                 )
@@ -213,13 +245,18 @@ def _cli_class(base: type) -> type:
             path = named_checkpoint(self.run_dir, ckpt_path) if ckpt_path else resume_checkpoint(self.run_dir)
             rank_zero_info(f"spp-cls: run directory {self.run_dir}; " +
                            (f"resuming from {path}" if path else "starting fresh"))
-            self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)
+            with _checkpoints_as_data(path):
+                self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
 
         def validate(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._eval_checkpoint(ckpt_path), **kwargs)
+            path = self._eval_checkpoint(ckpt_path)
+            with _checkpoints_as_data(path):
+                self.trainer.validate(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
 
         def test(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            self.trainer.test(model, datamodule=datamodule, ckpt_path=self._eval_checkpoint(ckpt_path), **kwargs)
+            path = self._eval_checkpoint(ckpt_path)
+            with _checkpoints_as_data(path):
+                self.trainer.test(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
 
         def _eval_checkpoint(self, ckpt_path: str | None) -> Path:
             path = named_checkpoint(self.run_dir, ckpt_path or "last")
