@@ -53,10 +53,12 @@ def train_digests(datamodule: ShardDataModule, epoch: int, rank: int, world_size
     return batches
 
 
-def describe_batch(images: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
+def describe_batch(images: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None,
+                   keys: list[str] | None = None) -> dict:
     keep = range(len(labels)) if valid is None else [i for i in range(len(labels)) if valid[i]]
     return {
         "digests": [sample_digest(images[i]) for i in keep],
+        "keys": None if keys is None else [keys[i] for i in keep],
         "labels": [int(labels[i]) for i in keep],
         "shape": list(images.shape),
         "dtypes": [str(images.dtype), str(labels.dtype), None if valid is None else str(valid.dtype)],

@@ -10,6 +10,7 @@ import random
 import signal
 import struct
 import subprocess
+import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from spp_cls.data.stream.jpeg_batch import JpegCrop
 from spp_cls.data.stream.pipeline import crop_window
 from spp_cls.data.synthetic import render_image, synthetic_classes
 from spp_cls.models import CrossChannelLRN, WithinChannelLRN, create
+from spp_cls.outcomes import ImageOutcome
 from spp_cls.train.augment import InputTransform
 
 TABLE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "table1" / "zf5_spp_multi.yaml"
@@ -122,6 +124,21 @@ def new_user_env(home: Path, **extra: str) -> dict[str, str]:
     kept = {key: value for key, value in os.environ.items()
             if not key.startswith(("WANDB_", "SPP_CLS_")) and key not in ("HOME", "NETRC", "XDG_CONFIG_HOME")}
     return {**kept, "HOME": str(home), **extra}
+
+
+def shard_keys(split_dir: Path) -> list[str]:
+    """The sample keys of every tar shard in ``split_dir``, read from the tar member names, in shard order."""
+    keys: list[str] = []
+    for shard in sorted(split_dir.glob("*.tar")):
+        with tarfile.open(shard) as archive:
+            keys += dict.fromkeys(name.split(".", 1)[0] for name in archive.getnames())
+    return keys
+
+
+def errors_of(outcomes: list[ImageOutcome]) -> tuple[float, float]:
+    """(top-1, top-5) error in percent of per-image outcomes, as a results file rounds them."""
+    return (round(100 * (1 - sum(o.top1_correct for o in outcomes) / len(outcomes)), 4),
+            round(100 * (1 - sum(o.top5_correct for o in outcomes) / len(outcomes)), 4))
 
 
 # ---- wandb ------------------------------------------------------------------------------------------------------

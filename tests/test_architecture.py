@@ -16,6 +16,8 @@ LIGHTNING = ("pytorch_lightning", "lightning")
 # (importer, modules it must not import, why); a name matches itself and everything below it
 RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("spp_cls.protocol", ("spp_cls",), "the vocabulary stands on its own"),
+    ("spp_cls.outcomes", ("spp_cls.models", "spp_cls.data", "spp_cls.train", "spp_cls.report", "spp_cls.paper",
+                          *OUTSIDE_CODE, *LIGHTNING, "torch"), "per-image outcomes are a plain file format"),
     ("spp_cls.paper", ("spp_cls.models", "spp_cls.data", "spp_cls.train", "spp_cls.report", *OUTSIDE_CODE),
      "the paper's numbers are data"),
     ("spp_cls.models", ("spp_cls.data", "spp_cls.train", "spp_cls.report", *OUTSIDE_CODE, *LIGHTNING),

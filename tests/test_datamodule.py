@@ -77,19 +77,23 @@ def test_validation_counts_every_image_once_over_ranks_with_equal_batch_counts(
         demo_shards: Path, world_size: int, workers: int, eval_batch_size: int) -> None:
     datamodule = ShardDataModule(str(demo_shards), num_workers=workers, eval_batch_size=eval_batch_size)
     seen: Counter[str] = Counter()
+    keys: Counter[str] = Counter()
     batch_counts = []
     for rank in range(world_size):
         loader = datamodule.eval_loader("validate", rank=rank, world_size=world_size)
         batches = list(loader)
         batch_counts.append((len(batches), len(loader)))
-        for images, labels, valid in batches:
+        for images, labels, valid, batch_keys in batches:
             assert images.shape[1:] == (3, 224, 224) and images.dtype == torch.uint8
             assert labels.dtype == torch.int64 and valid.dtype == torch.bool and len(valid) == len(images)
+            assert len(batch_keys) == len(images)
             seen.update(sample_digest(image) for image, keep in zip(images, valid) if keep)
+            keys.update(key for key, keep in zip(batch_keys, valid) if keep)
     expected_batches = datamodule.eval_batches_per_rank("validate", world_size)
     assert batch_counts == [(expected_batches, expected_batches)] * world_size
     assert seen == val_digests(demo_shards)
     assert sum(seen.values()) == datamodule.expected_count("validate") == 15
+    assert set(keys.values()) == {1} and len(keys) == 15  # each image's key once: what its outcome is filed under
 
 
 def test_short_ranks_are_padded_with_masked_samples(demo_shards: Path) -> None:
@@ -97,8 +101,8 @@ def test_short_ranks_are_padded_with_masked_samples(demo_shards: Path) -> None:
     datamodule = ShardDataModule(str(demo_shards), num_workers=2, eval_batch_size=3)
     rank1 = list(datamodule.eval_loader("validate", rank=1, world_size=2))
     assert len(rank1) == 4
-    images, labels, valid = rank1[-1]
-    assert images.shape == (1, 3, 224, 224) and not valid.any() and labels.tolist() == [0]
+    images, labels, valid, keys = rank1[-1]
+    assert images.shape == (1, 3, 224, 224) and not valid.any() and labels.tolist() == [0] and keys == [""]
 
 
 def test_a_truncated_val_shard_within_the_budget_lowers_the_exact_count_by_what_it_lost(
@@ -108,7 +112,7 @@ def test_a_truncated_val_shard_within_the_budget_lowers_the_exact_count_by_what_
     shard = root / "val" / "val-000001.tar"
     shard.write_bytes(shard.read_bytes()[:5000])
     datamodule = ShardDataModule(str(root), num_workers=0, eval_batch_size=4, max_corrupt_fraction=0.3)
-    evaluated = sum(int(valid.sum()) for _, _, valid in datamodule.eval_loader("validate", 0, 1))
+    evaluated = sum(int(batch.valid.sum()) for batch in datamodule.eval_loader("validate", 0, 1))
     assert evaluated < 15 and evaluated == datamodule.expected_count("validate")  # what the module checks
     with pytest.raises(TooManyCorruptSamples, match=r"in the validate pass \(val shards\), more than the 0 that .* "
                                                     r"val-000001.tar \(\d\); check the shards with `spp-cls shards"):
@@ -124,7 +128,7 @@ def test_a_truncated_val_shard_within_the_budget_lowers_the_exact_count_by_what_
 def test_test_batches_stack_the_views_of_each_protocol(demo_shards: Path, protocol: str, batch_size: int,
                                                        shape: tuple[int, ...]) -> None:
     datamodule = ShardDataModule(str(demo_shards), batch_size=batch_size, num_workers=0, test_views=protocol)
-    views, labels, valid = next(iter(datamodule.eval_loader("test", rank=0, world_size=1)))
+    views, labels, valid, _keys = next(iter(datamodule.eval_loader("test", rank=0, world_size=1)))
     assert tuple(views.shape[: len(shape)]) == shape and views.dtype == torch.uint8
     assert min(views.shape[-2:]) == (256 if protocol == "full" else 224)
     assert labels.shape == valid.shape == (shape[0],) and bool(valid.all())
@@ -133,8 +137,8 @@ def test_test_batches_stack_the_views_of_each_protocol(demo_shards: Path, protoc
 def test_tenview_test_pass_sees_every_image_once(demo_shards: Path) -> None:
     datamodule = ShardDataModule(str(demo_shards), num_workers=2, eval_batch_size=3, test_views="tenview")
     seen = Counter(sample_digest(views) for rank in range(2)
-                   for batch, _, valid in datamodule.eval_loader("test", rank=rank, world_size=2)
-                   for views, keep in zip(batch, valid) if keep)
+                   for batch in datamodule.eval_loader("test", rank=rank, world_size=2)
+                   for views, keep in zip(batch.views, batch.valid) if keep)
     assert seen == val_digests(demo_shards, "tenview")
 
 

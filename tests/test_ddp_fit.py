@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import cpu_args, offline_run_ids, run_hard_timeout
+from helpers import cpu_args, errors_of, offline_run_ids, run_hard_timeout, shard_keys
+
+from spp_cls.outcomes import read_outcomes
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 SPP_CLS = str(Path(sys.executable).with_name("spp-cls"))
@@ -47,6 +49,10 @@ def test_two_rank_fit_and_test_agree_on_steps_sizes_and_count_every_image_once(d
     assert list((tmp_path / "runs").rglob("results.json")) == [run / "results.json"]
     results = json.loads((run / "results.json").read_text())
     assert results["num_test_images"] == 15 and results["epochs"] == 2
+    # what each image got, gathered from both ranks by rank 0: every val image once, agreeing with the results
+    outcomes = read_outcomes(run / "outcomes.csv.gz")
+    assert sorted(o.key for o in outcomes) == sorted(shard_keys(demo_shards / "val"))
+    assert errors_of(outcomes) == (results["top1_err"], results["top5_err"])
     # one wandb run for fit and test, written by rank 0 only
     wandb_id = (run / "wandb_id.txt").read_text().strip()
     assert offline_run_ids(run) == {wandb_id}

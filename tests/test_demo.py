@@ -61,8 +61,8 @@ def test_ten_views_on_feature_maps_agree_with_ten_image_crops(demo_dir):
     data = ShardDataModule(str(demo_dir / "shards"), num_workers=0, test_views="full")
     crops, fmaps, labels = [], [], []
     with torch.no_grad():
-        for views, label, _valid in data.eval_loader("test", rank=0, world_size=1):
-            image = views[:, 0]
+        for batch in data.eval_loader("test", rank=0, world_size=1):
+            image, label = batch.views[:, 0], batch.labels
             crops.append(model.view_scores(ten_views(image[0])[None]))
             fmaps.append(model.tenview_fmap_scores(image))
             labels.append(label)

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import cpu_args, offline_run_ids, read_summary
+from helpers import cpu_args, errors_of, offline_run_ids, read_summary, shard_keys
 from pytorch_lightning import Callback
 
 from spp_cls.cli import main
+from spp_cls.outcomes import read_outcomes
 from spp_cls.train.lightning_cli import build_cli
 
 pytestmark = pytest.mark.slow
@@ -64,6 +65,10 @@ def test_test_writes_results_json_with_the_ten_view_protocol(demo_shards, tmp_pa
     assert results["epochs"] == 1 and results["train_images_per_s"] > 0
     assert 0 <= results["top5_err"] <= results["top1_err"] <= 100
     assert len(results["config_hash"]) == 64
+    outcomes = read_outcomes(tmp_path / "t" / "zf5-spp_multi" / "outcomes.csv.gz")
+    assert [o.key for o in outcomes] == sorted(shard_keys(demo_shards / "val"))  # each image once, sorted by key
+    assert all(len(o.top5) == 5 and len(set(o.top5)) == 5 for o in outcomes)
+    assert errors_of(outcomes) == (results["top1_err"], results["top5_err"])
 
     assert main(["table", str(tmp_path)]) == 0
     table = capsys.readouterr().out

@@ -309,9 +309,9 @@ def test_every_test_protocol_gets_the_cpu_paths_views_under_device_decode(demo_s
     on_device = list(islice(ShardDataModule(str(demo_shards), decode="device", **options).eval_loader("test"), 3))
     on_cpu = list(islice(ShardDataModule(str(demo_shards), decode="cpu", **options).eval_loader("test"), 3))
     assert len(on_device) == len(on_cpu) == 3
-    for (views, labels, valid), expected in zip(on_device, on_cpu):
-        assert views.shape[1] == VIEW_COUNTS[protocol]
-        assert all(torch.equal(got, want) for got, want in zip((views, labels, valid), expected))
+    for batch, expected in zip(on_device, on_cpu):
+        assert batch.views.shape[1] == VIEW_COUNTS[protocol] and batch.keys == expected.keys
+        assert all(torch.equal(got, want) for got, want in zip(batch[:3], expected[:3]))
 
 
 def test_loading_nvimgcodec_prints_nothing_about_codecs_never_used() -> None:

@@ -189,9 +189,10 @@ def test_train_stream_skips_and_logs_a_corrupt_sample(tmp_path: Path, caplog: py
 def test_eval_stream_yields_every_image_once_with_views_and_partial_last_batch(tmp_path: Path) -> None:
     paths = write_shards(tmp_path, [3, 2], size=(300, 260))
     batches = list(EvalStream(paths, eval_assignment([3, 2], 1, 1)[0], 5, 2, center_view))
-    assert [len(labels) for _, labels, _ in batches] == [2, 2, 1]  # the worker's shards in order, last batch partial
-    assert torch.cat([labels for _, labels, _ in batches]).tolist() == [0, 1, 2, 3, 4]
-    assert all(valid.all() and valid.dtype == torch.bool for _, _, valid in batches)
+    assert [len(batch.labels) for batch in batches] == [2, 2, 1]  # the worker's shards in order, last batch partial
+    assert torch.cat([batch.labels for batch in batches]).tolist() == [0, 1, 2, 3, 4]
+    assert all(batch.valid.all() and batch.valid.dtype == torch.bool for batch in batches)
+    assert [batch.keys for batch in batches] == [["img00000", "img00001"], ["img00002", "img00003"], ["img00004"]]
     first = decode_rgb(noise_jpeg(300, 260, seed=0))
     assert torch.equal(batches[0][0][0], center_view(first))
 
@@ -205,8 +206,8 @@ def test_streams_never_unpickle_sample_members(tmp_path: Path) -> None:
 
     hostile = pickle.dumps(Payload())
     paths = write_shards(tmp_path, [3], extra={0: {"pyd": hostile, "pickle": hostile}, 1: {"cls": hostile}})
-    labels = [label for _, batch, _ in EvalStream(paths, eval_assignment([3], 1, 1)[0], 3, 4, center_view)
-              for label in batch.tolist()]
+    labels = [label for batch in EvalStream(paths, eval_assignment([3], 1, 1)[0], 3, 4, center_view)
+              for label in batch.labels.tolist()]
     assert labels == [0, 2]  # the sample whose cls is a pickle is counted as corrupt, never loaded
     assert not marker.exists()
 
@@ -219,7 +220,7 @@ def test_a_truncated_shard_counts_what_it_lost_against_the_manifest_and_the_stre
     tally = CorruptTally(paths)
     stream = EvalStream(paths, eval_assignment([4, 3], 1, 1)[0], 7, 8, center_view)
     with caplog.at_level(logging.WARNING):
-        labels = [label for _, batch, _ in stream.batches(tally) for label in batch.tolist()]
+        labels = [label for batch in stream.batches(tally) for label in batch.labels.tolist()]
     assert labels[-3:] == [4, 5, 6] and len(labels) < 7
     assert tally.take().counts == ((0, 7 - len(labels)),)  # every sample of the shard not evaluated, once
     missing = [record.getMessage() for record in caplog.records if "not read" in record.getMessage()]
@@ -231,7 +232,7 @@ def test_a_slice_of_a_shard_reads_its_range_and_a_slice_to_the_end_reads_past_th
     paths = write_shards(tmp_path, [5])
 
     def labels(piece: ShardSlice) -> list[int]:
-        return [label for _, batch, _ in EvalStream(paths, [[piece]], 5, 8, center_view) for label in batch.tolist()]
+        return [label for batch in EvalStream(paths, [[piece]], 5, 8, center_view) for label in batch.labels.tolist()]
 
     assert labels(ShardSlice(0, 1, 3, False)) == [1, 2]
     assert labels(ShardSlice(0, 3, 4, True)) == [3, 4]  # a manifest that says 4: the fifth sample is not dropped

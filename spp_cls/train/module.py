@@ -12,11 +12,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ..data.stream.pipeline import EvalBatch
 from ..data.stream.views import ten_view_boxes
 from ..models import PAPER_LEVELS, create
 from ..models.init import Init
 from ..models.net import Head
 from ..models.windows import views_on_feature_maps
+from ..outcomes import ImageOutcome, check_unique
 from ..protocol import (
     DEFAULT_BACKBONE,
     DEFAULT_HEAD,
@@ -37,7 +39,7 @@ from ..protocol import (
     variant_name,
 )
 from .augment import InputTransform
-from .metrics import TopKErrorSums
+from .metrics import PerImageTopK, TopKErrorSums
 from .schedule import train_size
 
 LrSchedule = Literal["plateau", "milestones"]
@@ -113,6 +115,9 @@ class SppClassifier(pl.LightningModule):
             self.net.compile(dynamic=False)  # in place: the state dict keeps its keys
         self.transform = InputTransform(pca_std, pixel_statistics or IMAGENET_PIXEL_STATISTICS)
         self.eval_sums = TopKErrorSums()
+        self.test_topk = PerImageTopK()
+        self.test_outcomes: list[ImageOutcome] | None = None
+        """After a test, on global rank 0: what each test image got (the recorder writes them down)."""
         self.train_loss_sum = torch.zeros((), dtype=torch.float64)
         self._epoch_size = train_sizes[0]
         self._epoch_begun = -1
@@ -200,23 +205,24 @@ class SppClassifier(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.eval_sums.reset()
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        images, labels, valid = batch
-        self.eval_sums.update(self(images), labels, valid)
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self.eval_sums.update(self(batch.views), batch.labels, batch.valid)
 
     def on_validation_epoch_end(self) -> None:
         self._log_errors("val", "validate")
 
     def on_test_epoch_start(self) -> None:
         self.eval_sums.reset()
+        self.test_topk.reset()
+        self.test_outcomes = None
 
-    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        views, labels, valid = batch
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
         if getattr(self.trainer.datamodule, "test_views", None) == "tenview_fmap":
-            probabilities = self.tenview_fmap_scores(views[:, 0])
+            probabilities = self.tenview_fmap_scores(batch.views[:, 0])
         else:
-            probabilities = self.view_scores(views)
-        self.eval_sums.update(probabilities, labels, valid)
+            probabilities = self.view_scores(batch.views)
+        self.eval_sums.update(probabilities, batch.labels, batch.valid)
+        self.test_topk.update(probabilities, batch.labels, batch.valid, batch.keys)
 
     def view_scores(self, views: torch.Tensor) -> torch.Tensor:
         """Softmax averaged over the views of each image: uint8 (B, V, 3, H, W) -> (B, num_classes)."""
@@ -231,6 +237,9 @@ class SppClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test", "test")
+        self.test_outcomes = self.test_topk.gathered()
+        if self.test_outcomes is not None:
+            check_unique(self.test_outcomes)
 
     def _log_errors(self, prefix: Literal["val", "test"], stage: str) -> None:
         top1, top5, count = self.eval_sums.totals(

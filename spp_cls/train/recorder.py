@@ -1,4 +1,5 @@
-"""What a run leaves in its directory besides checkpoints: summary.csv (one row per epoch) and results.json."""
+"""What a run leaves in its directory besides checkpoints: summary.csv (one row per epoch), and after a test
+results.json with the per-image outcomes beside it."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
+from ..outcomes import outcomes_filename, write_outcomes
 from ..protocol import (
     TRAIN_EPOCH_LOSS,
     TRAIN_IMAGES_PER_S,
@@ -106,7 +108,12 @@ class RunRecorder(Checkpoint):
         ))
         if any(isinstance(v, float) and math.isnan(v) for v in results.values()):
             raise RuntimeError(f"test produced no numbers ({results}); is the val split empty?")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        outcomes = pl_module.test_outcomes
+        if outcomes is None or len(outcomes) != results["num_test_images"]:
+            raise RuntimeError(f"the test counted {results['num_test_images']} images but kept outcomes for "
+                               f"{'none' if outcomes is None else len(outcomes)} of them")
+        # the outcomes first: a results file always has the outcomes of the same test beside it
+        write_outcomes(self.directory / outcomes_filename(results["test_protocol"]), outcomes)
         path = self.directory / results_filename(results["test_protocol"])
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n")

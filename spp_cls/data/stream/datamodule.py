@@ -6,8 +6,9 @@ Batches (all uint8 images, see DESIGN.md conventions):
   JPEG-encoded) and this module's ``on_after_batch_transfer`` hook turns it into that pair on the training device
   (nvImageCodec, :mod:`~spp_cls.data.stream.nvimgcodec_decode`), so a LightningModule receives the same batches
   either way;
-- validate (center crop): ``(images [B, 3, 224, 224], labels int64 [B], valid bool [B])``;
-- test (the val shards under a test protocol): ``(views [B, V, 3, H, W], labels int64 [B], valid bool [B])``,
+- validate (center crop): :class:`~spp_cls.data.stream.pipeline.EvalBatch` ``(images [B, 3, 224, 224], labels int64
+  [B], valid bool [B], keys)``;
+- test (the val shards under a test protocol): ``EvalBatch(views [B, V, 3, H, W], labels, valid, keys)``,
   V = 1 (center, full), 10 (tenview), 96 (multiscale); ``full`` uses B = 1 (the images differ in size).
 
 Exactness under DDP (ddp, ddp_spawn, torchrun, srun alike: rank and world size come from the trainer in
@@ -51,7 +52,7 @@ from spp_cls.data.stream.corrupt import (
 from spp_cls.data.stream.eval_shards import EvalAssignment, eval_assignment, eval_streams_per_rank, stream_samples
 from spp_cls.data.stream.jpeg_batch import JpegBatch, JpegTrainStream
 from spp_cls.data.stream.nvimgcodec_decode import DECODE_BACKENDS, BatchDecoder, DecodeBackend, load_nvimgcodec
-from spp_cls.data.stream.pipeline import TRAIN_CROPS, EvalStream, TrainCrop, TrainStream
+from spp_cls.data.stream.pipeline import TRAIN_CROPS, EvalBatch, EvalStream, TrainCrop, TrainStream
 from spp_cls.data.stream.views import (
     CROP,
     TEST_SHORTER_SIDE,
@@ -66,7 +67,6 @@ from spp_cls.protocol import PixelStatistics
 EvalStage = Literal["validate", "test"]
 Decode = Literal["cpu", "device"]
 DECODES = ("cpu", "device")
-EvalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # imported once by the server that starts the loader workers, so that starting one costs a fork, not an import
 WORKER_PRELOAD = ["__main__", "spp_cls.data.stream.pipeline", "spp_cls.data.stream.jpeg_batch"]
 
@@ -360,7 +360,7 @@ class ShardDataModule(pl.LightningDataModule):
             images = torch.zeros(1, 1, 3, TEST_SHORTER_SIDE, TEST_SHORTER_SIDE, dtype=torch.uint8)
         else:
             images = torch.zeros(1, VIEW_COUNTS[self.test_views], 3, CROP, CROP, dtype=torch.uint8)
-        return images, torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.bool)
+        return EvalBatch(images, torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.bool), [""])
 
 
 def _checked(items: Iterable[tuple[Any, Any]], budget: Callable[[], CorruptBudget], batches: int,

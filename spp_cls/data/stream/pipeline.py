@@ -20,7 +20,7 @@ import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import webdataset as wds
@@ -229,9 +229,24 @@ def collate_train(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, 
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
-def collate_eval(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    images, labels = zip(*items)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), torch.ones(len(labels), dtype=torch.bool)
+class EvalBatch(NamedTuple):
+    """One batch of a validation or test pass. ``valid`` is False for the samples that pad a rank's last batches (so
+    every rank runs the same number of steps); ``keys`` are the samples' ``__key__`` ("" for padding), so that what
+    each image got can be written down (per-image outcomes)."""
+
+    views: torch.Tensor
+    """uint8: ``[B, 3, 224, 224]`` (validation) or ``[B, V, 3, H, W]`` (a test protocol's V views)."""
+    labels: torch.Tensor
+    """int64 ``[B]``."""
+    valid: torch.Tensor
+    """bool ``[B]``."""
+    keys: list[str]
+
+
+def collate_eval(items: list[tuple[torch.Tensor, int, str]]) -> EvalBatch:
+    images, labels, keys = zip(*items)
+    return EvalBatch(torch.stack(images), torch.tensor(labels, dtype=torch.int64),
+                     torch.ones(len(labels), dtype=torch.bool), list(keys))
 
 
 class TrainStream(IterableDataset):
@@ -313,7 +328,7 @@ class TrainStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """Batches ``(views, int64 labels [B], bool valid [B])`` of one rank: DataLoader worker ``w`` reads the shard
+    """:class:`EvalBatch` batches of one rank: DataLoader worker ``w`` reads the shard
     slices ``slices[w]`` once, in order (see :mod:`spp_cls.data.stream.eval_shards`); ``views`` is what
     ``make_views`` returns per image, stacked.
 
@@ -336,10 +351,10 @@ class EvalStream(IterableDataset):
         self.batch_size = batch_size
         self.make_views = make_views
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[EvalBatch]:
         return self.batches(CorruptTally(self.shard_paths))
 
-    def batches(self, tally: CorruptTally) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(self, tally: CorruptTally) -> Iterator[EvalBatch]:
         """This worker's batches; the corrupt and missing samples it meets are logged and counted in ``tally``."""
         worker, workers = worker_position()
         if workers != len(self.slices):
@@ -349,7 +364,7 @@ class EvalStream(IterableDataset):
         return wds.batched(self.batch_size, collation_fn=collate_eval, partial=True)(self._views(samples, tally))
 
     def _views(self, samples: Iterable[dict[str, Any] | MissingSamples],
-               tally: CorruptTally) -> Iterator[tuple[torch.Tensor, int]]:
+               tally: CorruptTally) -> Iterator[tuple[torch.Tensor, int, str]]:
         for sample in samples:
             if isinstance(sample, MissingSamples):
                 tally.record_missing(sample)
@@ -360,4 +375,4 @@ class EvalStream(IterableDataset):
             except CorruptSample as exn:
                 tally.record_corrupt(sample.get("__key__", "?"), sample["__url__"], str(exn))
                 continue
-            yield views, label
+            yield views, label, sample["__key__"]
