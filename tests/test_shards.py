@@ -305,6 +305,25 @@ def test_val_folder_of_an_unknown_class_and_stray_train_files_are_named(tmp_path
                                                                          "not inside a class folder")]
 
 
+def test_an_imagenette_folder_converts_as_it_unpacks_with_class_names_from_the_wnids(tmp_path, capsys):
+    """fast.ai's Imagenette / Imagewoof layout: train/<wnid>/, val/<wnid>/, a noisy-labels CSV at the top and no
+    synset mapping file; the manifest names each class as ImageNet does."""
+    src = tmp_path / "imagenette2-320"
+    wnids = {"n01440764": "tench, Tinca tinca", "n03888257": "parachute, chute"}
+    for split, count in (("train", 3), ("val", 2)):
+        for number, wnid in enumerate(wnids):
+            folder = src / split / wnid
+            folder.mkdir(parents=True)
+            for k in range(count):
+                Image.new("RGB", (320, 240 + k), (60 * number, 90, 30 * k)).save(folder / f"{wnid}_{k}.JPEG")
+    (src / "noisy_imagenette.csv").write_text("path,noisy_labels_0,is_valid\ntrain/n01440764/x.JPEG,n01440764,False\n")
+    assert main(["--src", str(src), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
+    for split, count in (("train", 6), ("val", 4)):
+        manifest = Manifest.load(tmp_path / "out" / split)
+        assert [(c.wnid, c.name) for c in manifest.classes] == list(wnids.items())
+        assert manifest.total == count and manifest.skipped == ()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # verify
 # ---------------------------------------------------------------------------------------------------------------

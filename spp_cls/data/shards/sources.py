@@ -2,7 +2,8 @@
 
 Layouts read: `train/<wnid>/*`; `val/<wnid>/*` folders and/or flat `val/*` files labelled by Kaggle's
 `LOC_val_solution.csv`; class names from `LOC_synset_mapping.txt`. Both metadata files are looked for in SRC and the
-three folders above it.
+three folders above it. Without a mapping file (ImageNet subsets such as fast.ai's Imagenette and Imagewoof ship none)
+a class is named from its wnid by timm's table of the 1,000 ImageNet classes, else by the wnid itself.
 """
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ class SourceLayout:
     classes: tuple[ClassEntry, ...]
     synset_mapping: Path | None
     val_solution: Path | None
+
+
+def imagenet_class_names(wnids: list[str]) -> dict[str, str]:
+    """{wnid: name} for the wnids that are ImageNet-1k classes, from the class table timm ships (no download)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    known = set(info.label_names())
+    return {wnid: info.label_name_to_description(wnid) for wnid in wnids if wnid in known}
 
 
 def _find_metadata_file(src: Path, name: str, explicit: str | Path | None) -> Path | None:
@@ -103,7 +113,7 @@ def find_layout(src: str | Path, val_solution: str | Path | None = None,
     if not wnids:
         raise ShardsInputError(f"no class folders in {train}: expected {train}/<wnid>/*.JPEG")
     mapping_path = _find_metadata_file(src, SYNSET_MAPPING_NAME, synset_mapping)
-    names = read_synset_names(mapping_path) if mapping_path else {}
+    names = read_synset_names(mapping_path) if mapping_path else imagenet_class_names(wnids)
     classes = tuple(ClassEntry(index, wnid, names.get(wnid, wnid)) for index, wnid in enumerate(wnids))
     return SourceLayout(src, classes, mapping_path, _find_metadata_file(src, VAL_SOLUTION_NAME, val_solution))
 
