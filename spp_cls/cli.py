@@ -9,7 +9,7 @@
     spp-cls bench                                         throughput of models, data path and harness
     spp-cls bench windows                                 the paper's Table 9: SPP windows against R-CNN crops
     spp-cls predict --ckpt CKPT IMAGE... [--boxes F.json] classify image files (or windows of them)
-    spp-cls run-dir --config FILE [--runs_dir DIR]        where that config's run lives (for job scripts)
+    spp-cls run-dir --config FILE [--runs_dir DIR] [--seed_everything N]   where that run lives (job scripts)
 """
 from __future__ import annotations
 
@@ -129,17 +129,20 @@ def _run_dir(argv: list[str]) -> int:
     import yaml
 
     from .protocol import config_run_name
+    from .train.lightning_cli import run_seed
     from .train.rundir import run_dir
 
     parser = argparse.ArgumentParser(prog="spp-cls run-dir")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--runs_dir", help="overrides the config's runs_dir")
     parser.add_argument("--experiment", help="overrides the config's experiment")
+    parser.add_argument("--seed_everything", type=int, help="overrides the config's seed")
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text()) or {}
     runs_dir = args.runs_dir or config.get("runs_dir", "runs")
     experiment = args.experiment or config.get("experiment", "default")
-    print(run_dir(runs_dir, experiment, config_run_name(config.get("model") or {})))
+    seed = run_seed(config.get("seed_everything", 0) if args.seed_everything is None else args.seed_everything)
+    print(run_dir(runs_dir, experiment, config_run_name(config.get("model") or {}, seed)))
     return 0
 
 

@@ -49,15 +49,24 @@ def variant_name(head: str, size_schedule: str) -> str:
     )
 
 
-def run_name(backbone: str, variant: str) -> str:
-    """`{backbone}-{variant}`: the run's folder under runs_dir/experiment and its wandb name."""
-    return f"{backbone}-{variant}"
+SEED_SUFFIX = "-seed"
 
 
-def split_run_name(name: str) -> tuple[str, str] | None:
-    """(backbone, variant) of a run name `{backbone}-{variant}`, or None for a name of another form."""
+def run_name(backbone: str, variant: str, seed: int = 0) -> str:
+    """`{backbone}-{variant}`, and `-seed{N}` for a seed other than 0: the run's folder under runs_dir/experiment and
+    its wandb name. Seed 0 keeps the plain name, so the runs made before seeds were named stay where they are."""
+    return f"{backbone}-{variant}" + (f"{SEED_SUFFIX}{seed}" if seed else "")
+
+
+def split_run_name(name: str) -> tuple[str, str, int] | None:
+    """(backbone, variant, seed) of a run name made by `run_name`, or None for a name of another form."""
+    stem, suffix, seed = name.rpartition(SEED_SUFFIX)
+    if suffix and seed.isdigit() and str(int(seed)) == seed and int(seed) != 0:
+        name, seed_number = stem, int(seed)
+    else:
+        seed_number = 0
     backbone, _, variant = name.rpartition("-")  # variant names hold no '-'; backbone names (timm) may
-    return (backbone, variant) if backbone and variant in VARIANTS else None
+    return (backbone, variant, seed_number) if backbone and variant in VARIANTS else None
 
 
 # What a model section that names none of them trains (SppClassifier's defaults).
@@ -66,10 +75,10 @@ DEFAULT_HEAD: Literal["nospp", "spp"] = "spp"
 DEFAULT_SIZE_SCHEDULE: SizeSchedule = "fixed"
 
 
-def config_run_name(model: Mapping[str, Any]) -> str:
-    """The run name of a config's `model` section, without building the model (job scripts need it fast)."""
+def config_run_name(model: Mapping[str, Any], seed: int = 0) -> str:
+    """The run name of a config's `model` section and seed, without building the model (job scripts need it fast)."""
     variant = variant_name(model.get("head", DEFAULT_HEAD), model.get("size_schedule", DEFAULT_SIZE_SCHEDULE))
-    return run_name(model.get("backbone", DEFAULT_BACKBONE), variant)
+    return run_name(model.get("backbone", DEFAULT_BACKBONE), variant, seed)
 
 
 # ---- test protocols -----------------------------------------------------------------------------------------------
@@ -146,6 +155,9 @@ class ResultsRecord:
     run_dir: str
     finished_at: str
     """ISO 8601, UTC."""
+    seed: int = 0
+    """`seed_everything` of the run (its weights, data order and augmentation); files written before seeds were
+    recorded hold none and count as seed 0."""
 
 
 RESULTS_KEYS: tuple[str, ...] = tuple(entry.name for entry in fields(ResultsRecord))

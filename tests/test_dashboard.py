@@ -84,11 +84,14 @@ def plotted_keys(report: wr.Report) -> set[str]:
     return keys
 
 
-def test_split_run_name_inverts_run_name() -> None:
-    for backbone in (*paper.BACKBONES, "resnet-like_timm.model"):
+def test_split_run_name_inverts_run_name_with_and_without_a_seed() -> None:
+    for backbone in (*paper.BACKBONES, "resnet-like_timm.model", "vit-seed-like"):
         for variant in VARIANTS:
-            assert split_run_name(run_name(backbone, variant)) == (backbone, variant)
+            for seed in (0, 1, 12):
+                assert split_run_name(run_name(backbone, variant, seed)) == (backbone, variant, seed)
+    assert run_name("zf5", "nospp") == "zf5-nospp" and run_name("zf5", "nospp", 2) == "zf5-nospp-seed2"
     assert split_run_name("zf5-nospp2") is None and split_run_name("nospp") is None and split_run_name("-nospp") is None
+    assert split_run_name("zf5-nospp-seed") is None and split_run_name("zf5-nospp-seed01") is None
 
 
 def test_one_grid_per_backbone_with_its_variants_and_the_papers_numbers(table1: Path) -> None:

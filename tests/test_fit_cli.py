@@ -75,6 +75,40 @@ def test_test_writes_results_json_with_the_ten_view_protocol(demo_shards, tmp_pa
     assert f"{results['top1_err']:.2f}" in table and "34.60" in table  # measured beside the paper's ZF-5 (c)
 
 
+def test_another_seed_is_its_own_run_that_resumes_and_the_table_averages_the_seeds(demo_shards, tmp_path, capsys):
+    args = cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "1", "--wandb", "false")
+    for seed in ("0", "1"):
+        for command in ("fit", "test"):
+            assert main([command, *args, "--seed_everything", seed]) == 0
+    plain, seeded = tmp_path / "t" / "zf5-spp_multi", tmp_path / "t" / "zf5-spp_multi-seed1"
+    assert [json.loads((run / "results.json").read_text())["seed"] for run in (plain, seeded)] == [0, 1]
+    assert "seed_everything: 1" in (seeded / "config.yaml").read_text()
+    checkpoints = [torch.load(run / "last.ckpt", weights_only=True) for run in (plain, seeded)]
+    assert [checkpoint["hyper_parameters"]["seed"] for checkpoint in checkpoints] == [0, 1]  # model.seed follows it
+    assert not torch.equal(*(checkpoint["state_dict"]["net.fc8.weight"] for checkpoint in checkpoints))
+    capsys.readouterr()
+    assert main(["run-dir", "--config", str(CONFIG), "--runs_dir", str(tmp_path), "--experiment", "t",
+                 "--seed_everything", "1"]) == 0
+    assert capsys.readouterr().out.strip() == str(seeded)
+
+    # the seeded run resumes like any other, and the plain one is left alone
+    assert main(["fit", *args, "--seed_everything", "1", "--trainer.max_epochs", "2"]) == 0
+    assert [row["epoch"] for row in read_summary(seeded)] == ["0", "1"]
+    assert [row["epoch"] for row in read_summary(plain)] == ["0"]
+
+    capsys.readouterr()
+    assert main(["table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    errors = [json.loads((run / "results.json").read_text())["top1_err"] for run in (plain, seeded)]
+    assert "| zf5-spp_multi | 0 |" in out and "| zf5-spp_multi | 1 |" in out
+    assert f"{sum(errors) / 2:.2f} ±" in out  # the mean of the two seeds with their spread
+    with pytest.raises(SystemExit) as exit_:  # a parse error: LightningCLI's parser exits
+        main(["fit", *args, "--seed_everything", "true"])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and errors[-1].startswith("spp-cls: error: ")
+    assert "seed_everything must be a whole number" in errors[-1]
+
+
 def test_bad_input_is_one_line_and_exit_2(demo_shards, tmp_path, capsys):
     missing = tmp_path / "no-such-shards"
     assert main(["fit", *cpu_args(missing, tmp_path)]) == 2

@@ -35,6 +35,7 @@ from spp_cls.protocol import (
     VARIANTS,
     WANDB_PROJECT,
     run_name,
+    split_run_name,
 )
 from spp_cls.report.group_runs import (
     TEST_METRICS,
@@ -45,7 +46,7 @@ from spp_cls.report.group_runs import (
     runs_from_wandb,
     select_group,
 )
-from spp_cls.report.results import ResultsError, check_unique_cells
+from spp_cls.report.results import ResultsError
 from spp_cls.report.table import Cell, build_table, plot, table_notes
 
 DEFAULT_GROUP = "table1"
@@ -78,9 +79,15 @@ def backbones_of(runs: Iterable[GroupRun]) -> list[str]:
     return [b for b in BACKBONES if b in used] + sorted(used - set(BACKBONES))
 
 
-def backbone_run_names(backbone: str) -> list[str]:
-    """Every run name a backbone can have: one per variant, so a run started after the report was built shows too."""
-    return [run_name(backbone, variant) for variant in VARIANTS]
+def run_seeds(runs: Iterable[GroupRun]) -> tuple[int, ...]:
+    """The seeds the runs were trained with (0 for names without a seed), so the report's filters include each."""
+    return tuple(sorted({parts[2] for run in runs if (parts := split_run_name(run.name)) is not None} | {0}))
+
+
+def backbone_run_names(backbone: str, seeds: Iterable[int] = (0,)) -> list[str]:
+    """Every run name a backbone can have for the given seeds: one per variant and seed, so a run started after the
+    report was built shows too (a seed started after it shows once the report is built again)."""
+    return [run_name(backbone, variant, seed) for seed in sorted(set(seeds)) for variant in VARIANTS]
 
 
 def runs_filter(group: str, names: Sequence[str]) -> str:
@@ -107,20 +114,23 @@ def _runset(entity: str, project: str, name: str, filters: str, pinned_columns: 
     return wr.Runset(entity=entity, project=project, name=name, filters=filters, pinned_columns=list(pinned_columns))
 
 
-def backbone_grid(entity: str, project: str, group: str, backbone: str) -> wr.PanelGrid:
-    """Val top-1 and top-5 error against epoch for the variants of one backbone."""
+def backbone_grid(entity: str, project: str, group: str, backbone: str, seeds: Iterable[int] = (0,)) -> wr.PanelGrid:
+    """Val top-1 and top-5 error against epoch for the variants (and seeds) of one backbone."""
     return wr.PanelGrid(
-        runsets=[_runset(entity, project, _title(backbone), runs_filter(group, backbone_run_names(backbone)))],
+        runsets=[_runset(entity, project, _title(backbone),
+                         runs_filter(group, backbone_run_names(backbone, seeds)))],
         panels=[wr.LinePlot(title=val_panel_title(backbone, metric), x=EPOCH, y=[metric], title_x=EPOCH,
                             title_y=metric, layout=wr.Layout(x=12 * i, y=0, w=12, h=8))
                 for i, metric in enumerate(VAL_METRICS)],
     )
 
 
-def training_grid(entity: str, project: str, group: str, backbones: Sequence[str]) -> wr.PanelGrid:
+def training_grid(entity: str, project: str, group: str, backbones: Sequence[str],
+                  seeds: Iterable[int] = (0,)) -> wr.PanelGrid:
     """Input size (the 224/180 alternation), LR (the plateau drops) and images/s against epoch, images/s per run,
     over the group's runs; its runs table shows each run's final errors (live, unlike the table below)."""
-    names = [name for backbone in backbones for name in backbone_run_names(backbone)]
+    seeds = tuple(seeds)
+    names = [name for backbone in backbones for name in backbone_run_names(backbone, seeds)]
     columns = [f"summary:{key}" for key in (*VAL_METRICS, *TEST_METRICS, "epochs", TRAIN_IMAGES_PER_S)]
     curves = [wr.LinePlot(title=f"{key} vs epoch", x=EPOCH, y=[key], log_y=True if key == LR else None,
                           title_x=EPOCH, title_y=key, layout=wr.Layout(x=8 * i, y=0, w=8, h=6))
@@ -159,25 +169,25 @@ def runs_table_markdown(runs: Sequence[GroupRun]) -> str:
         ResultsError: two runs hold a result for the same cell.
     """
     results = [run.result for run in runs if run.result is not None]
-    check_unique_cells(results)
-    tenview = {(r.backbone, r.variant): r for r in results if r.test_protocol == TABLE_PROTOCOL}
+    table = build_table(results, TABLE_PROTOCOL)
     order = {backbone: i for i, backbone in enumerate(backbones_of(runs))}
     variant_order = {variant: i for i, variant in enumerate(VARIANTS)}
     rows = sorted(runs, key=lambda run: (order[run.cell[0]], variant_order[run.cell[1]], run.name))  # type: ignore
     lines = ["| " + " | ".join(RUNS_TABLE_COLUMNS) + " |", "|---|---|---|" + "---:|" * (len(RUNS_TABLE_COLUMNS) - 3)]
     for run in rows:
         backbone, variant = run.cell  # type: ignore[misc]  # select_group keeps named runs only
-        measured = tenview.get((backbone, variant))
-        cell = Cell(backbone, variant, measured, tenview.get((backbone, BASELINE)), paper_error(backbone, variant),
-                    paper_error(backbone, BASELINE))
+        tested = run.result if run.result is not None and run.result.test_protocol == TABLE_PROTOCOL else None
+        cell = table.cells.get((backbone, variant)) or Cell(backbone, variant, (), (), paper_error(backbone, variant),
+                                                            paper_error(backbone, BASELINE))
         values = [
             _title(backbone), VARIANTS[variant].title, run.state, run.epochs, run.val_top1_err, run.val_top5_err,
-            cell.measured_err("top1"), cell.measured_err("top5"), cell.measured_gain("top1"),
-            cell.measured_gain("top5"), cell.paper_err("top1"), cell.paper_err("top5"), cell.paper_gain("top1"),
-            cell.paper_gain("top5"),
+            None if tested is None else tested.top1_err, None if tested is None else tested.top5_err,
+            # the gain of the cell (its seeds averaged): one seed's gain alone would hide the spread
+            cell.measured_gain("top1") if tested else None, cell.measured_gain("top5") if tested else None,
+            cell.paper_err("top1"), cell.paper_err("top5"), cell.paper_gain("top1"), cell.paper_gain("top5"),
         ]
         lines.append("| " + " | ".join(_format(value) for value in values) + " |")
-    notes = table_notes(build_table(results)) if results else []
+    notes = table_notes(table) if results else []
     return "\n".join([*lines, "", *(f"**Note:** {note}" for note in notes)]).rstrip() + "\n"
 
 
@@ -189,17 +199,19 @@ def build_report(entity: str, project: str, group: str, runs: Sequence[GroupRun]
         figure: whether the table figure was uploaded (a panel shows it) or not (a line says when it will be).
     """
     backbones = backbones_of(runs)
+    seeds = run_seeds(runs)
     blocks: list[Any] = [
         wr.MarkdownBlock(
-            f"Runs of wandb group `{group}`, named `{{backbone}}-{{variant}}`. Curves are live; the runs table and "
-            "the figure are as of the last `spp-cls dashboard` (rerun it to refresh). Validation is a single "
-            "center crop per epoch, the paper's numbers (in the panel titles) are the standard 10-view test: "
+            f"Runs of wandb group `{group}`, named `{{backbone}}-{{variant}}` (`-seed{{N}}` for seeds other than 0; "
+            "the runs table lists each seed, its gain columns average the seeds of a cell). Curves are live; the "
+            "runs table and the figure are as of the last `spp-cls dashboard` (rerun it to refresh). Validation is "
+            "a single center crop per epoch, the paper's numbers (in the panel titles) are the standard 10-view test: "
             "compare them with the test columns."),
         wr.H2("Validation error per backbone"),
     ]
     for backbone in backbones:
-        blocks += [wr.H3(_title(backbone)), backbone_grid(entity, project, group, backbone)]
-    blocks += [wr.H2("Training"), training_grid(entity, project, group, backbones),
+        blocks += [wr.H3(_title(backbone)), backbone_grid(entity, project, group, backbone, seeds)]
+    blocks += [wr.H2("Training"), training_grid(entity, project, group, backbones, seeds),
                wr.H2("Runs"), wr.MarkdownBlock(runs_table_markdown(runs)),
                wr.H2("Table 2: measured vs paper")]
     blocks.append(figure_grid(entity, project, group) if figure else wr.P(

@@ -49,7 +49,9 @@ class GroupRun:
 
     @property
     def cell(self) -> tuple[str, str] | None:
-        return split_run_name(self.name)
+        """(backbone, variant) of a run named by `run_name`: the seeds of a cell share it."""
+        parts = split_run_name(self.name)
+        return None if parts is None else parts[:2]
 
 
 def runs_from_results(paths: Iterable[str | Path]) -> list[GroupRun]:
@@ -59,7 +61,7 @@ def runs_from_results(paths: Iterable[str | Path]) -> list[GroupRun]:
         ResultsError: a path is missing, a results file is bad, or two results claim one cell.
     """
     return [
-        GroupRun(name=run_name(result.backbone, result.variant), group=result.experiment, state="tested",
+        GroupRun(name=run_name(result.backbone, result.variant, result.seed), group=result.experiment, state="tested",
                  epochs=result.epochs, result=result)
         for result in collect(paths)
     ]

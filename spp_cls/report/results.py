@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from spp_cls.outcomes import outcomes_filename
 from spp_cls.protocol import (
     DASHBOARD_JOB_TYPE,
     RESULTS_FILE,
@@ -19,6 +20,8 @@ from spp_cls.protocol import (
     RESULTS_PATTERN,
     VARIANTS,
     ResultsRecord,
+    run_name,
+    split_run_name,
     top1_metric,
     top5_metric,
     variant_name,
@@ -54,11 +57,20 @@ class RunResult:
     config_hash: str | None = None
     run_dir: str | None = None
     finished_at: str | None = None
+    seed: int = 0
+    outcomes_file: str | None = None
+    """The per-image outcomes of the same test (`spp_cls.outcomes`), beside the results file; None where there are
+    none (results written before outcomes were, or read from wandb)."""
 
     @property
     def cell(self) -> tuple[str, str, str]:
-        """The (backbone, variant, test_protocol) key that at most one result may claim."""
+        """The (backbone, variant, test_protocol) cell of the table; several seeds of a cell share it."""
         return (self.backbone, self.variant, self.test_protocol)
+
+    @property
+    def run_key(self) -> tuple[str, str, str, int]:
+        """The (backbone, variant, test_protocol, seed) key that at most one result may claim."""
+        return (*self.cell, self.seed)
 
 
 def _text(key: str, value: Any, source: str, *, nullable: bool = False) -> str | None:
@@ -84,6 +96,8 @@ def _count(key: str, value: Any, source: str) -> int:
 
 
 _RECORD_FIELDS = {entry.name: entry for entry in fields(ResultsRecord)}
+REQUIRED_KEYS = tuple(key for key in RESULTS_KEYS if _RECORD_FIELDS[key].default is MISSING)
+"""The keys every results file holds; the others came later and have their defaults in files written before."""
 
 
 def _check(key: str, value: Any, source: str) -> Any:
@@ -104,10 +118,10 @@ def result_from_record(record: Mapping[str, Any], source: str) -> RunResult:
     Raises:
         ResultsError: a key is missing or holds a value of the wrong kind; the message names `source`.
     """
-    missing = [key for key in RESULTS_KEYS if key not in record]
+    missing = [key for key in REQUIRED_KEYS if key not in record]
     if missing:
         raise ResultsError(f"{source}: missing key(s) {', '.join(missing)}")
-    return RunResult(source=source, **{key: _check(key, record[key], source) for key in RESULTS_KEYS})
+    return RunResult(source=source, **{key: _check(key, record[key], source) for key in RESULTS_KEYS if key in record})
 
 
 def load_result(path: str | Path) -> RunResult:
@@ -127,23 +141,25 @@ def load_result(path: str | Path) -> RunResult:
         raise ResultsError(f"{source}: not valid JSON ({err})") from err
     if not isinstance(record, dict):
         raise ResultsError(f"{source}: expected a JSON object, got {type(record).__name__}")
-    return result_from_record(record, source)
+    result = result_from_record(record, source)
+    outcomes = Path(path).parent / outcomes_filename(result.test_protocol)
+    return replace(result, outcomes_file=str(outcomes)) if outcomes.is_file() else result
 
 
-def check_unique_cells(results: Iterable[RunResult]) -> None:
-    """Refuse two results for the same (backbone, variant, protocol): the table must not silently pick one.
+def check_unique_runs(results: Iterable[RunResult]) -> None:
+    """Refuse two results for the same (backbone, variant, protocol, seed): the table must not silently pick one.
 
     Raises:
         ResultsError: naming both sources.
     """
-    seen: dict[tuple[str, str, str], RunResult] = {}
+    seen: dict[tuple[str, str, str, int], RunResult] = {}
     for result in results:
-        other = seen.setdefault(result.cell, result)
+        other = seen.setdefault(result.run_key, result)
         if other is not result:
-            backbone, variant, protocol = result.cell
+            backbone, variant, protocol, seed = result.run_key
             raise ResultsError(
-                f"two results for {backbone}-{variant} under test protocol {protocol}: {other.source} and "
-                f"{result.source}; pass only one of them"
+                f"two results for {run_name(backbone, variant, seed)} (seed {seed}) under test protocol {protocol}: "
+                f"{other.source} and {result.source}; pass only one of them"
             )
 
 
@@ -175,7 +191,7 @@ def collect(paths: Iterable[str | Path]) -> list[RunResult]:
         for file in find_result_files(path):
             files.setdefault(file.resolve(), file)
     results = [load_result(file) for file in files.values()]
-    check_unique_cells(results)
+    check_unique_runs(results)
     return results
 
 
@@ -230,7 +246,10 @@ def result_from_wandb_run(run: WandbRunLike) -> RunResult:
     """
     source = f"wandb run {run.name or '?'} ({run.url})"
     summary, config = run.summary, run.config
-    name_backbone, _, name_variant = (run.name or "").rpartition("-")
+    named = split_run_name(run.name or "")
+    # a name of another form still offers its parts, so that a wrong variant is named as such
+    name_backbone, name_variant, name_seed = named or (*(run.name or "").rpartition("-")[::2], None)
+    config_seed = _config_value(config, "seed_everything")
     record: dict[str, Any] = {
         "backbone": _first(summary.get("backbone"), _config_value(config, "model.backbone"), name_backbone or None),
         "variant": _first(summary.get("variant"), _config_variant(config), name_variant or None),
@@ -242,6 +261,9 @@ def result_from_wandb_run(run: WandbRunLike) -> RunResult:
     absent = [key for key, value in record.items() if value is None]
     if absent:
         raise ResultsError(f"{source}: no {', '.join(absent)} (not tested yet, or not logged)")
+    seed = _first(summary.get("seed"), config_seed if type(config_seed) is int else None, name_seed)
+    if seed is not None:
+        record["seed"] = seed
     # .get only: a live wandb.Run's summary (read by the dashboard's tests) answers neither `in` nor iteration
     record.update({key: value for key in RESULTS_KEYS if key not in record and (value := summary.get(key)) is not None})
     return RunResult(source=source, **{key: _check(key, value, source) for key, value in record.items()})
@@ -278,5 +300,5 @@ def from_wandb(entity_project: str, skipped: list[str] | None = None) -> list[Ru
     except (wandb.errors.Error, ValueError, OSError) as err:
         message = " ".join(str(err).split())
         raise ResultsError(f"cannot read wandb project {entity_project}: {message}") from err
-    check_unique_cells(results)
+    check_unique_runs(results)
     return results

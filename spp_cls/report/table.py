@@ -4,6 +4,10 @@ Rows are the training variants (a) no SPP, (b) SPP single-size, (c) SPP multi-si
 run has it), columns the four backbones (and any other backbone a run used). Every cell shows the error and, in
 parentheses, its gain over (a) no SPP of the same backbone, computed from the measured values for the measured column
 and from `spp_cls.paper` for the paper's column. One table shows one test protocol, so gains never mix protocols.
+
+Where the runs wrote their per-image outcomes, each measured error carries its 95% interval over the test images and
+each gain its paired 95% interval (`spp_cls.report.intervals`); a gain whose interval excludes zero is marked `*`.
+Several seeds of a cell are averaged, with their spread, and the intervals count the seeds too.
 """
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ import io
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
+from spp_cls.outcomes import OutcomesError, read_outcomes
 from spp_cls.paper import BACKBONE_TITLES, BACKBONES, PROTOCOL_SOURCES, PaperError, paper_error
 from spp_cls.protocol import BASELINE, SPP_RANDOM, TABLE_VARIANTS, TEST_PROTOCOLS, VARIANTS
 from spp_cls.protocol import TABLE_PROTOCOL as TENVIEW
-from spp_cls.report.results import ResultsError, RunResult, check_unique_cells, collect, from_wandb
+from spp_cls.report.intervals import Estimate, IntervalError, error_estimate, gain_estimate, wrong
+from spp_cls.report.results import ResultsError, RunResult, check_unique_runs, collect, from_wandb
 
 METRICS: tuple[tuple[str, str], ...] = (("top1", "top-1 err (%)"), ("top5", "top-5 err (%)"))
 MISSING = "—"
@@ -27,41 +34,97 @@ PLOT_SIZE_IN = (12.0, 9.0)
 PLOT_DPI = 100
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "backbone", "variant", "test_protocol",
-    "top1_err", "top1_gain", "paper_top1_err", "paper_top1_gain",
-    "top5_err", "top5_gain", "paper_top5_err", "paper_top5_gain",
+    "backbone", "variant", "test_protocol", "seeds",
+    "top1_err", "top1_err_sd", "top1_err_low", "top1_err_high",
+    "top1_gain", "top1_gain_low", "top1_gain_high", "top1_gain_excludes_zero", "paper_top1_err", "paper_top1_gain",
+    "top5_err", "top5_err_sd", "top5_err_low", "top5_err_high",
+    "top5_gain", "top5_gain_low", "top5_gain_high", "top5_gain_excludes_zero", "paper_top5_err", "paper_top5_gain",
     "num_test_images", "epochs", "results_file",
 )
 
 
+@lru_cache(maxsize=256)
+def _wrong_by_image(outcomes_file: str, metric: str) -> dict[str, bool]:
+    return wrong(read_outcomes(Path(outcomes_file)), metric)
+
+
+def _outcomes_of(runs: Sequence[RunResult], metric: str) -> list[dict[str, bool]] | None:
+    """Each run's {image key: wrong}, or None unless every run has per-image outcomes."""
+    if not runs or any(run.outcomes_file is None for run in runs):
+        return None
+    try:
+        return [_wrong_by_image(run.outcomes_file, metric) for run in runs]  # type: ignore[arg-type]
+    except OutcomesError as error:
+        raise ResultsError(str(error)) from None
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One (backbone, variant) cell: the measured run and the paper's value, with their no-SPP baselines."""
+    """One (backbone, variant) cell: its measured runs (one per seed) and the paper's value, with their no-SPP
+    baselines."""
 
     backbone: str
     variant: str
-    measured: RunResult | None
-    measured_base: RunResult | None
+    runs: tuple[RunResult, ...]
+    base_runs: tuple[RunResult, ...]
     paper: PaperError | None
     paper_base: PaperError | None
 
+    @property
+    def measured(self) -> bool:
+        return bool(self.runs)
+
     def measured_err(self, metric: str) -> float | None:
-        return None if self.measured is None else getattr(self.measured, f"{metric}_err")
+        """The error, averaged over the cell's seeds."""
+        return _mean([getattr(run, f"{metric}_err") for run in self.runs]) if self.runs else None
 
     def paper_err(self, metric: str) -> float | None:
         return None if self.paper is None else getattr(self.paper, metric)
 
     def measured_gain(self, metric: str) -> float | None:
-        """Error of the no-SPP run minus error of this run (positive: this variant is better); None for row (a)."""
-        if self.variant == BASELINE or self.measured is None or self.measured_base is None:
+        """Error of the no-SPP runs minus error of this cell's (positive: this variant is better); None for row (a)."""
+        if self.variant == BASELINE or not self.runs or not self.base_runs:
             return None
-        return getattr(self.measured_base, f"{metric}_err") - getattr(self.measured, f"{metric}_err")
+        return _mean([getattr(run, f"{metric}_err") for run in self.base_runs]) - self.measured_err(metric)
 
     def paper_gain(self, metric: str) -> float | None:
         if self.variant == BASELINE or self.paper is None or self.paper_base is None:
             return None
         base, err = getattr(self.paper_base, metric), getattr(self.paper, metric)
         return None if base is None or err is None else base - err
+
+    def error_estimate(self, metric: str) -> Estimate | None:
+        """The error with its 95% interval over images (and seeds); None without per-image outcomes."""
+        outcomes = _outcomes_of(self.runs, metric)
+        return None if outcomes is None else error_estimate(outcomes)
+
+    def error_spread(self, metric: str) -> float | None:
+        """Standard deviation of the error over the cell's seeds; None for fewer than two."""
+        if len(self.runs) < 2:
+            return None
+        errors = [getattr(run, f"{metric}_err") for run in self.runs]
+        mean = _mean(errors)
+        return (sum((error - mean) ** 2 for error in errors) / (len(errors) - 1)) ** 0.5
+
+    def gain_estimate(self, metric: str) -> Estimate | None:
+        """The gain with its paired 95% interval; None for row (a), without outcomes, or on different images."""
+        if self.variant == BASELINE:
+            return None
+        base, own = _outcomes_of(self.base_runs, metric), _outcomes_of(self.runs, metric)
+        if base is None or own is None:
+            return None
+        try:
+            return gain_estimate(base, own)
+        except IntervalError:
+            return None
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(sorted(run.seed for run in self.runs))
 
 
 @dataclass(frozen=True)
@@ -85,8 +148,11 @@ def build_table(results: Iterable[RunResult], protocol: str = TENVIEW) -> Table:
         ResultsError: two results claim the same (backbone, variant, protocol) cell.
     """
     results = list(results)
-    check_unique_cells(results)
-    shown = {(r.backbone, r.variant): r for r in results if r.test_protocol == protocol}
+    check_unique_runs(results)
+    shown: dict[tuple[str, str], list[RunResult]] = {}
+    for result in sorted(results, key=lambda r: r.seed):
+        if result.test_protocol == protocol:
+            shown.setdefault((result.backbone, result.variant), []).append(result)
     extra_backbones = sorted({backbone for backbone, _ in shown} - set(BACKBONES))
     backbones = BACKBONES + tuple(extra_backbones)
     variants = TABLE_VARIANTS + ((SPP_RANDOM,) if any(variant == SPP_RANDOM for _, variant in shown) else ())
@@ -94,8 +160,8 @@ def build_table(results: Iterable[RunResult], protocol: str = TENVIEW) -> Table:
         (backbone, variant): Cell(
             backbone=backbone,
             variant=variant,
-            measured=shown.get((backbone, variant)),
-            measured_base=shown.get((backbone, BASELINE)),
+            runs=tuple(shown.get((backbone, variant), ())),
+            base_runs=tuple(shown.get((backbone, BASELINE), ())),
             paper=paper_error(backbone, variant, protocol),
             paper_base=paper_error(backbone, BASELINE, protocol),
         )
@@ -117,6 +183,31 @@ def cell_text(err: float | None, gain: float | None, variant: str) -> str:
     if variant == BASELINE:
         return _number(err)
     return f"{_number(err)} ({MISSING if gain is None else _number(gain)})"
+
+
+def _interval_text(estimate: Estimate) -> str:
+    return f"[{_number(estimate.low)}, {_number(estimate.high)}]"
+
+
+def measured_cell_text(cell: Cell, metric: str) -> str:
+    """A measured cell: `34.50 [34.08, 34.92] (1.60 [1.21, 1.99]*)`, the error with its 95% interval and the gain
+    over (a) with its paired 95% interval, `*` where that excludes zero; `±0.21` after the error for the spread over
+    seeds. Without per-image outcomes, as `cell_text`."""
+    err, gain = cell.measured_err(metric), cell.measured_gain(metric)
+    estimate = None if err is None else cell.error_estimate(metric)
+    if err is None or estimate is None:
+        return cell_text(err, gain, cell.variant)
+    spread = cell.error_spread(metric)
+    text = _number(err) + ("" if spread is None else f" ±{_number(spread)}") + " " + _interval_text(estimate)
+    if cell.variant == BASELINE:
+        return text
+    gain_estimate = cell.gain_estimate(metric)
+    if gain is None:
+        return f"{text} ({MISSING})"
+    if gain_estimate is None:
+        return f"{text} ({_number(gain)})"
+    mark = "*" if gain_estimate.excludes_zero else ""
+    return f"{text} ({_number(gain)} {_interval_text(gain_estimate)}{mark})"
 
 
 def _backbone_title(backbone: str) -> str:
@@ -153,7 +244,7 @@ def _optional(value: float | int | str | None, form: str) -> str:
 def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> str:
     """The two blocks of Table 2 (top-1, top-5), measured beside paper, then the notes and the list of runs."""
     table = build_table(results, protocol)
-    shown = [cell.measured for cell in table.cells.values() if cell.measured is not None]
+    shown = [run for cell in table.cells.values() for run in cell.runs]
     experiments = ", ".join(sorted({result.experiment for result in shown}))
     lines = [
         "## ImageNet error (%): measured beside the SPP-net paper",
@@ -163,6 +254,12 @@ def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> st
         f"In parentheses: gain over (a) no SPP of the same backbone (error of (a) minus error of the row; positive "
         f"is better). {MISSING}: no run, or not in the paper; ({MISSING}): no (a) run to take the gain from.",
     ]
+    if any(run.outcomes_file for run in shown):
+        lines.append(
+            "[low, high]: 95% interval over the test images (percentile bootstrap, 10,000 replicates); for a gain, "
+            "paired on the same images; `*`: a gain whose interval excludes zero. With several seeds: their mean, "
+            "± their standard deviation, and intervals that resample the seeds too."
+        )
     header_cells = [title for b in table.backbones for title in (_backbone_title(b), f"{_backbone_title(b)} paper")]
     for metric, metric_title in METRICS:
         align = _markdown_row(["---"] + ["---:"] * len(header_cells))
@@ -171,7 +268,7 @@ def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> st
             row = [VARIANTS[variant].title]
             for backbone in table.backbones:
                 cell = table.cell(backbone, variant)
-                row.append(cell_text(cell.measured_err(metric), cell.measured_gain(metric), variant))
+                row.append(measured_cell_text(cell, metric))
                 row.append(cell_text(cell.paper_err(metric), cell.paper_gain(metric), variant))
             lines.append(_markdown_row(row))
     lines += [""] + [f"**Note:** {note}" for note in table_notes(table)]
@@ -180,14 +277,15 @@ def format_markdown(results: Iterable[RunResult], protocol: str = TENVIEW) -> st
             "",
             f"Runs ({len(shown)}):",
             "",
-            _markdown_row(["cell", "test images", "epochs", "train img/s", "wall time (h)", "commit", "source"]),
-            _markdown_row(["---"] + ["---:"] * 4 + ["---", "---"]),
+            _markdown_row(["cell", "seed", "test images", "epochs", "train img/s", "wall time (h)", "commit",
+                           "source"]),
+            _markdown_row(["---"] + ["---:"] * 5 + ["---", "---"]),
         ]
         for result in shown:
             hours = None if result.wall_time_s is None else result.wall_time_s / 3600
             commit = None if result.git_commit is None else result.git_commit[:10]
             lines.append(_markdown_row([
-                f"{result.backbone}-{result.variant}", _optional(result.num_test_images, "d"),
+                f"{result.backbone}-{result.variant}", str(result.seed), _optional(result.num_test_images, "d"),
                 _optional(result.epochs, "d"), _optional(result.train_images_per_s, ".1f"), _optional(hours, ".2f"),
                 _optional(commit, "s"), result.source,
             ]))
@@ -207,18 +305,26 @@ def format_csv(results: Iterable[RunResult], protocol: str = TENVIEW) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for cell in table.cells.values():
-        run = cell.measured
+        first = cell.runs[0] if cell.runs else None
         row: dict[str, str | float | int | None] = {
             "backbone": cell.backbone,
             "variant": cell.variant,
-            "test_protocol": None if run is None else run.test_protocol,
-            "num_test_images": None if run is None else run.num_test_images,
-            "epochs": None if run is None else run.epochs,
-            "results_file": None if run is None else run.source,
+            "test_protocol": None if first is None else first.test_protocol,
+            "seeds": " ".join(map(str, cell.seeds)) or None,
+            "num_test_images": None if first is None else first.num_test_images,
+            "epochs": None if first is None else first.epochs,
+            "results_file": ";".join(run.source for run in cell.runs) or None,
         }
         for metric, _ in METRICS:
+            error, gain = cell.error_estimate(metric), cell.gain_estimate(metric)
             row[f"{metric}_err"] = cell.measured_err(metric)
+            row[f"{metric}_err_sd"] = cell.error_spread(metric)
+            row[f"{metric}_err_low"], row[f"{metric}_err_high"] = (None, None) if error is None else (
+                error.low, error.high)
             row[f"{metric}_gain"] = cell.measured_gain(metric)
+            row[f"{metric}_gain_low"], row[f"{metric}_gain_high"] = (None, None) if gain is None else (
+                gain.low, gain.high)
+            row[f"{metric}_gain_excludes_zero"] = None if gain is None else int(gain.excludes_zero)
             row[f"paper_{metric}_err"] = cell.paper_err(metric)
             row[f"paper_{metric}_gain"] = cell.paper_gain(metric)
         writer.writerow({key: _csv_value(value) for key, value in row.items()})
@@ -257,11 +363,15 @@ def plot(results: Iterable[RunResult], path: str | Path, protocol: str = TENVIEW
                     (left + 1.5 * bar_width, published, "not in paper",
                      {"facecolor": "white", "edgecolor": colours[variant], "hatch": "///"}),
                 )
+                estimate = None if measured is None else cell.error_estimate(metric)
                 for x, value, absent_text, style in bars:
                     if value is None:
                         axis.text(x, 0.3, absent_text, rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
                         continue
                     axis.bar(x, value, width=bar_width * 0.92, **style)
+                    if value is measured and estimate is not None:  # the 95% interval over the test images
+                        axis.errorbar(x, value, yerr=[[value - estimate.low], [estimate.high - value]], fmt="none",
+                                      ecolor="black", capsize=3, linewidth=1)
                     axis.text(x, value, f"{value:.2f}", rotation=90, ha="center", va="bottom", fontsize=7)
                     tallest = max(tallest, value)
         axis.set_xticks(range(len(table.backbones)), [_backbone_title(b) for b in table.backbones])

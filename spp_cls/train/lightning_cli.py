@@ -62,6 +62,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
         run=run,
         save_config_callback=_save_config_class(),
         save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         auto_configure_optimizers=False,
     )
@@ -85,6 +86,14 @@ def config_hash(config: dict[str, Any]) -> str:
     """sha256 of what defines the experiment: the model and data sections of the resolved config."""
     relevant = {key: config.get(key) for key in ("model", "data")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_seed(seed_everything: Any) -> int:
+    """The run's seed: `seed_everything` as a whole number (a random seed would give every restart another run)."""
+    if type(seed_everything) is not int or seed_everything < 0:
+        raise ValueError(f"seed_everything must be a whole number >= 0 (it names the run and its data order), "
+                         f"got {seed_everything!r}")
+    return seed_everything
 
 
 def wandb_mode() -> str:
@@ -171,6 +180,10 @@ def _cli_class(base: type) -> type:
             parser.add_argument("--runs_dir", default="runs", help="where run directories are made")
             parser.add_argument("--wandb", type=bool, default=True,
                                 help="log to wandb (offline unless logged in or WANDB_MODE says otherwise)")
+            # One seed per run: `--seed_everything N` seeds the weights (Lightning), the data order and crops
+            # (data.seed) and the size schedule and augmentation (model.seed), and names the run's directory.
+            parser.link_arguments("seed_everything", "model.seed", compute_fn=run_seed, apply_on="parse")
+            parser.link_arguments("seed_everything", "data.seed", compute_fn=run_seed, apply_on="parse")
             parser.link_arguments("data", "model.num_classes", compute_fn=lambda data: data.num_classes,
                                   apply_on="instantiate")
             parser.link_arguments("data", "model.pixel_statistics", compute_fn=lambda data: data.pixel_statistics,
@@ -227,7 +240,7 @@ def _cli_class(base: type) -> type:
                     resume="allow",
                     save_dir=str(directory),
                     mode=wandb_mode(),
-                    tags=[hp.backbone, self.model.variant, self.run_config.experiment],
+                    tags=[hp.backbone, self.model.variant, self.run_config.experiment, f"seed{hp.seed}"],
                     job_type=self.subcommand,
                 )
             extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []

@@ -65,7 +65,8 @@ class SppClassifier(pl.LightningModule):
         levels: pyramid levels of the SPP head.
         size_schedule: "fixed" (224), "alternate" (224 on epoch 0, then 180/224 by epoch) or "random" ([180, 224]).
         train_sizes: (first size, second size) of the schedule.
-        seed: seeds the random size schedule and the per-epoch RNG (dropout, colour noise).
+        seed: seeds the random size schedule and the per-epoch RNG (dropout, colour noise); the CLI sets it from
+            `seed_everything`, and a seed other than 0 names the run (`zf5-spp_multi-seed1`).
         lr: learning rate for a global batch of `reference_batch`; the optimiser uses
             lr * global_batch / reference_batch (linear scaling).
         lr_schedule: "plateau" divides by 10 when val top-1 error stops improving, at most `lr_drops` times;
@@ -134,7 +135,7 @@ class SppClassifier(pl.LightningModule):
     # ---- shared pieces ------------------------------------------------------------------------------------------
     @property
     def run_name(self) -> str:
-        return run_name(self.hparams.backbone, self.variant)
+        return run_name(self.hparams.backbone, self.variant, self.hparams.seed)
 
     def current_train_size(self) -> int:
         return train_size(self.hparams.size_schedule, self.current_epoch, self.hparams.seed,

@@ -105,6 +105,7 @@ class RunRecorder(Checkpoint):
             config_hash=self.config_hash,
             run_dir=str(self.directory),
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            seed=pl_module.hparams.seed,
         ))
         if any(isinstance(v, float) and math.isnan(v) for v in results.values()):
             raise RuntimeError(f"test produced no numbers ({results}); is the val split empty?")
