@@ -43,6 +43,10 @@ def test_demo_prints_the_cells_their_results_and_the_table_and_no_library_chatte
     assert len(wandb_lines) == 3 and all("offline run in" in line for line in wandb_lines)
     table = next(i for i, line in enumerate(lines) if line.startswith("## ImageNet error"))
     assert table > cells[-1] and any(line.startswith("| (c) SPP multi-size trained |") for line in lines[table:])
+    # each gain with its paired interval, and whether it is more than noise
+    gains = [line for line in lines if line.startswith("ZF-5 spp_") and "top-1 gain over no SPP" in line]
+    assert len(gains) == 2 and all(line.endswith(("within noise", "more than noise")) for line in gains), gains
+    assert any("95% interval over the test images" in line for line in lines[table:])
 
 
 def test_demo_trains_all_three_variants_well_below_chance(demo_dir, capsys):
