@@ -129,6 +129,11 @@ IMAGENET_PIXEL_STATISTICS = PixelStatistics(
 )
 """Used where no train manifest is at hand (a bare model, timm's default cfg); runs use their manifest's."""
 
+# ---- the per-epoch summary ----------------------------------------------------------------------------------------
+SUMMARY_FILE = "summary.csv"
+SUMMARY_COLUMNS = ("epoch", "train_size", "lr", "train_loss", "val_top1_err", "val_top5_err", "train_images_per_s")
+"""One row per trained epoch, in the run directory: the learning curve that `spp-cls table --curves` shows."""
+
 # ---- the results file -------------------------------------------------------------------------------------------
 RESULTS_FILE = "results.json"
 RESULTS_PATTERN = "results_*.json"

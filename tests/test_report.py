@@ -344,3 +344,23 @@ def test_python_dash_m_spp_cls_is_the_spp_cls_command(full_runs: Path) -> None:
     unknown = subprocess.run([sys.executable, "-m", "spp_cls", "tabel"], capture_output=True, text=True, timeout=120,
                              check=False)
     assert unknown.returncode == 2 and "unknown command 'tabel'" in unknown.stderr
+
+
+def test_curves_show_each_runs_val_error_per_epoch_with_its_input_size(tmp_path: Path, capsys) -> None:
+    rows = {"nospp": [("0", "224", "60.5"), ("1", "224", "50.25")],
+            "spp_multi": [("0", "224", "58.0"), ("1", "180", "49.0"), ("2", "224", "45.5")]}
+    for variant, epochs in rows.items():
+        path = write_result(tmp_path, "zf5", variant, *MEASURED[("zf5", variant)])
+        lines = ["epoch,train_size,lr,train_loss,val_top1_err,val_top5_err,train_images_per_s"]
+        lines += [f"{epoch},{size},0.01,2.0,{top1},10.0,100.0" for epoch, size, top1 in epochs]
+        (path.parent / "summary.csv").write_text("\n".join(lines) + "\n")
+    write_result(tmp_path, "zf5", "spp_single", *MEASURED[("zf5", "spp_single")])  # tested, no summary.csv
+    assert table.main([str(tmp_path), "--curves"]) == 0
+    out = capsys.readouterr().out
+    assert "| epoch | zf5-nospp | zf5-spp_single | zf5-spp_multi |" not in out  # only runs with a summary
+    assert "| epoch | zf5-nospp | zf5-spp_multi |" in out
+    assert "| 1 | 50.25 @224 | 49.00 @180 |" in out and "| 2 | — | 45.50 @224 |" in out
+    assert "No summary.csv beside the results of: zf5-spp_single." in out
+    (tmp_path / "table1" / "zf5-nospp" / "summary.csv").write_text("epoch,loss\n0,1\n")
+    assert table.main([str(tmp_path), "--curves"]) == 2
+    assert "summary.csv: expected the columns epoch,train_size" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from spp_cls.outcomes import OutcomesError, read_outcomes
 from spp_cls.paper import BACKBONE_TITLES, BACKBONES, PROTOCOL_SOURCES, PaperError, paper_error
 from spp_cls.protocol import BASELINE, SPP_RANDOM, TABLE_VARIANTS, TEST_PROTOCOLS, VARIANTS
 from spp_cls.protocol import TABLE_PROTOCOL as TENVIEW
+from spp_cls.report.curves import format_curves
 from spp_cls.report.intervals import Estimate, IntervalError, error_estimate, gain_estimate, wrong
 from spp_cls.report.results import ResultsError, RunResult, check_unique_runs, collect, from_wandb
 
@@ -397,6 +398,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="markdown table or one csv row per cell")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also save a bar chart, measured vs paper")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from wandb instead (needs a login)")
+    parser.add_argument("--curves", action="store_true",
+                        help="also print each run's learning curves (val error per epoch, from its summary.csv)")
     parser.add_argument("--protocol", default=TENVIEW, choices=TEST_PROTOCOLS,
                         help=f"test protocol to tabulate (default {TENVIEW}, the paper's 10-view)")
     return parser
@@ -418,7 +421,7 @@ def _load(args: argparse.Namespace) -> list[RunResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`spp-cls table DIR... [--format md|csv] [--plot FILE.png] [--wandb ENTITY/PROJECT] [--protocol P]`.
+    """`spp-cls table DIR... [--format md|csv] [--plot FILE.png] [--curves] [--wandb ENTITY/PROJECT] [--protocol P]`.
 
     Returns 0 on success, 2 on bad input (no results, a bad results file, two results for one cell, bad flags).
     """
@@ -441,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"spp-cls table: note: {note}", file=sys.stderr)
         else:
             sys.stdout.write(format_markdown(results, args.protocol))
+        if args.curves:
+            if args.wandb:
+                raise ResultsError("--curves reads the summary.csv of run directories; wandb has the curves itself")
+            shown = [run for cell in build_table(results, args.protocol).cells.values() for run in cell.runs]
+            sys.stdout.write("\n" + format_curves(shown))
         if args.plot is not None:
             print(f"spp-cls table: plot written to {plot(results, args.plot, args.protocol)}", file=sys.stderr)
     except ResultsError as err:

@@ -16,6 +16,8 @@ from pytorch_lightning.callbacks import Checkpoint
 
 from ..outcomes import outcomes_filename, write_outcomes
 from ..protocol import (
+    SUMMARY_COLUMNS,
+    SUMMARY_FILE,
     TRAIN_EPOCH_LOSS,
     TRAIN_IMAGES_PER_S,
     ResultsRecord,
@@ -24,9 +26,6 @@ from ..protocol import (
     top1_metric,
     top5_metric,
 )
-
-SUMMARY_FILE = "summary.csv"
-SUMMARY_COLUMNS = ("epoch", "train_size", "lr", "train_loss", "val_top1_err", "val_top5_err", "train_images_per_s")
 
 
 def git_commit() -> str | None:
