@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cpu_args, crop_of, noise_jpeg, with_bogus_huffman_table
+from helpers import (
+    PAPER_BACKBONES,
+    compiled_against_eager,
+    cpu_args,
+    crop_of,
+    noise_jpeg,
+    with_bogus_huffman_table,
+)
 
 from spp_cls.bench.data import synthetic_shards
 from spp_cls.cli import main
@@ -143,6 +150,18 @@ def test_cudnn_logits_equal_the_cpu_logits(backbone: str, head: str) -> None:
     scale = expected.abs().max().item()
     torch.testing.assert_close(on_gpu, expected, atol=1e-3 * scale, rtol=1e-3)
     assert (in_bf16 - expected).abs().max().item() < 0.05 * scale
+
+
+@pytest.mark.parametrize("backbone", PAPER_BACKBONES)
+def test_each_network_compiles_whole_under_cuda_bf16_autocast_and_trains_as_eager(backbone: str) -> None:
+    """The four networks at full width and the bench's batch of 128 (so that a cache the GPU script's compile step
+    filled is reused), fullgraph, both training sizes, forward and backward against eager."""
+    for size, logit_difference, grad_difference in compiled_against_eager(backbone, "cuda", (224, 180), width=1.0,
+                                                                         batch_size=128):
+        print(f"{backbone} at {size}: logits differ by {logit_difference:.4f}, gradients by {grad_difference:.4f} "
+              "of their largest value")
+        assert logit_difference < 0.02, (backbone, size)
+        assert grad_difference < 0.05, (backbone, size)
 
 
 def test_fit_and_test_on_the_gpu_fast_path(demo_shards: Path, tmp_path: Path) -> None:
