@@ -136,8 +136,9 @@ class SppClassifier(pl.LightningModule):
                           tuple(self.hparams.train_sizes))
 
     def normalise(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
-        """uint8 (N, 3, H, W) images -> the network's float input (resized, colour noise if training, mean off)."""
-        x = self.transform(images, size=size, train=train)
+        """uint8 (N, 3, H, W) images -> the network's float input (resized, colour noise if training, mean off), in
+        the weights' dtype (fp32 under autocast; bf16 / fp16 under Lightning's `bf16-true` / `16-true`)."""
+        x = self.transform(images, size=size, train=train).to(self.net.fc6.weight.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def forward(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
