@@ -265,8 +265,11 @@ class SppClassifier(pl.LightningModule):
         """The optimiser for `global_batch` images per step: lr scaled linearly from `reference_batch`."""
         hp = self.hparams
         params = list(self.parameters())
-        # one fused kernel for the whole update on CUDA, instead of the multi-tensor (foreach) launches
-        fused = all(param.is_cuda for param in params)
+        # One fused kernel for the whole update on CUDA, instead of the multi-tensor (foreach) launches. Not with
+        # gradient clipping: Lightning's mixed-precision plugin refuses to clip for an optimizer that steps with AMP
+        # scaling, as fused SGD says it does.
+        clipping = getattr(self._trainer, "gradient_clip_val", None) not in (None, 0, 0.0)
+        fused = all(param.is_cuda for param in params) and not clipping
         return torch.optim.SGD(params, lr=hp.lr * global_batch / hp.reference_batch, momentum=hp.momentum,
                                weight_decay=hp.weight_decay, fused=fused or None)
 
