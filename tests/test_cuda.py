@@ -222,10 +222,36 @@ def test_cudnn_logits_equal_the_cpu_logits(backbone: str, head: str) -> None:
     assert (in_bf16 - expected).abs().max().item() < 0.05 * scale
 
 
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
+def test_fit_clips_gradients_under_bf16_mixed_with_device_decode(demo_shards: Path, tmp_path: Path,
+                                                                 backend: str) -> None:
+    """Lightning refuses to clip gradients for fused SGD under mixed precision: with gradient_clip_val set the module
+    steps with the foreach SGD instead. With decode_backend cpu nvImageCodec writes host memory on a CUDA device."""
+    args = cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "1", "--wandb", "false",
+                    "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
+                    "--trainer.deterministic", "false", "--trainer.gradient_clip_val", "1.0",
+                    "--data.decode", "device", "--data.decode_backend", backend, "--data.num_workers", "2")
+    assert main(["fit", *args]) == 0
+    cli = build_cli(args, run=False)
+    cli.model.trainer = cli.trainer
+    assert cli.model.cuda().sgd(8).defaults["fused"] is None
+    [row] = read_summary(tmp_path / "t" / "zf5-spp_multi")
+    assert math.isfinite(float(row["train_loss"]))
+
+
+def test_the_progress_bar_refreshes_every_50_steps_on_the_gpu(demo_shards: Path, tmp_path: Path) -> None:
+    """Each refresh reads the loss with .item(), a device sync: every step would stall the GPU's queue."""
+    args = cpu_args(demo_shards, tmp_path, "--wandb", "false", "--trainer.enable_progress_bar", "true",
+                    "--trainer.accelerator", "gpu")
+    trainer = build_cli(args, run=False).trainer
+    assert trainer.progress_bar_callback.refresh_rate == PROGRESS_BAR_REFRESH_STEPS == 50
+
+
+# ---- compiling tests last: they take the longest, and the GPU script runs this file in order -------------------------
 @pytest.mark.parametrize("backbone", PAPER_BACKBONES)
 def test_each_network_compiles_whole_under_cuda_bf16_autocast_and_trains_as_eager(backbone: str) -> None:
-    """The four networks at full width and the bench's batch of 128 (so that a cache the GPU script's compile step
-    filled is reused), fullgraph, both training sizes, forward and backward against eager."""
+    """The four networks at full width and a batch of 128 (the shapes they train at), fullgraph, both training
+    sizes, forward and backward against eager."""
     for size, logit_difference, grad_difference in compiled_against_eager(backbone, "cuda", (224, 180), width=1.0,
                                                                          batch_size=128):
         print(f"{backbone} at {size}: logits differ by {logit_difference:.4f}, gradients by {grad_difference:.4f} "
@@ -254,28 +280,3 @@ def test_fit_and_test_zf5_on_the_gpu_fast_path(demo_shards: Path, tmp_path: Path
     fmap = json.loads((run / "results_tenview_fmap.json").read_text())
     assert tenview["num_test_images"] == fmap["num_test_images"] == 15
     assert tenview["test_protocol"] == "tenview" and fmap["test_protocol"] == "tenview_fmap"
-
-
-@pytest.mark.parametrize("backend", ["cpu", "auto"])
-def test_fit_clips_gradients_under_bf16_mixed_with_device_decode(demo_shards: Path, tmp_path: Path,
-                                                                 backend: str) -> None:
-    """Lightning refuses to clip gradients for fused SGD under mixed precision: with gradient_clip_val set the module
-    steps with the foreach SGD instead. With decode_backend cpu nvImageCodec writes host memory on a CUDA device."""
-    args = cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "1", "--wandb", "false",
-                    "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
-                    "--trainer.deterministic", "false", "--trainer.gradient_clip_val", "1.0",
-                    "--data.decode", "device", "--data.decode_backend", backend, "--data.num_workers", "2")
-    assert main(["fit", *args]) == 0
-    cli = build_cli(args, run=False)
-    cli.model.trainer = cli.trainer
-    assert cli.model.cuda().sgd(8).defaults["fused"] is None
-    [row] = read_summary(tmp_path / "t" / "zf5-spp_multi")
-    assert math.isfinite(float(row["train_loss"]))
-
-
-def test_the_progress_bar_refreshes_every_50_steps_on_the_gpu(demo_shards: Path, tmp_path: Path) -> None:
-    """Each refresh reads the loss with .item(), a device sync: every step would stall the GPU's queue."""
-    args = cpu_args(demo_shards, tmp_path, "--wandb", "false", "--trainer.enable_progress_bar", "true",
-                    "--trainer.accelerator", "gpu")
-    trainer = build_cli(args, run=False).trainer
-    assert trainer.progress_bar_callback.refresh_rate == PROGRESS_BAR_REFRESH_STEPS == 50
