@@ -93,14 +93,15 @@ def write_result(root: Path, backbone: str, variant: str, top1: float, top5: flo
 HUNG_OUTPUT_CHARS = 20_000
 
 
-def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str],
+                     cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run in a new process group, output captured; on timeout fail the test with every process's Python stacks.
 
     The processes (ranks, loader workers: all inherit the environment) run with PYTHONFAULTHANDLER=1, so the SIGABRT
     sent to the group on timeout makes each of them print the traceback of every thread; SIGKILL follows.
     """
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**env, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
+                               env={**env, "PYTHONFAULTHANDLER": "1"}, start_new_session=True, cwd=cwd)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
