@@ -68,7 +68,8 @@ def steady_ms(step: Any, batches: Any, steps: int, device: torch.device) -> floa
 
 
 def child(args: argparse.Namespace, model: str, cache: str) -> None:
-    """One process, one network: the eager step at each size, then the compiled one (compile time, graphs, steady)."""
+    """One network in this process: the eager step at each size, then the compiled one (compile time, graphs,
+    steady step)."""
     import torch._dynamo
 
     settings = bench_settings(args, model, compile_=False)
@@ -112,15 +113,16 @@ def child(args: argparse.Namespace, model: str, cache: str) -> None:
                           "step_ms": ms, "images_per_s": 1e3 * settings.batch_size / ms})
 
 
-def run_child(args: argparse.Namespace, model: str, cache_state: str, cache: Path, limit_s: float) -> None:
-    """One child process under its limit; a failure or an overrun is recorded in `--out` and the run goes on."""
+def run_child(args: argparse.Namespace, models: list[str], cache_state: str, cache: Path, limit_s: float) -> None:
+    """One child process (its networks one after the other) under its limit; a failure or an overrun is recorded in
+    `--out` and the run goes on."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
     variants = args.variants if cache_state == "cold" else "compiled"
-    argv = [sys.executable, __file__, "--child", "--model", model, "--sizes", args.sizes, "--width", str(args.width),
+    argv = [sys.executable, __file__, "--child", "--model", *models, "--sizes", args.sizes, "--width", str(args.width),
             "--precision", args.precision, "--steps", str(args.steps), "--variants", variants, "--cache", cache_state,
             "--out", str(args.out), *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
             *(["--device", args.device] if args.device else []), *(["--channels-last"] if args.channels_last else [])]
-    record = {"model": model, "cache": cache_state}
+    record = {"model": " ".join(models), "cache": cache_state}
     # its own process group: Inductor's compile workers go with it when it is stopped
     process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     signal.signal(signal.SIGTERM, lambda *_: (os.killpg(process.pid, signal.SIGKILL), sys.exit(143)))
@@ -181,13 +183,17 @@ def main() -> None:
     parser.add_argument("--cache", default="cold", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args, args.model[0], args.cache)
+        for model in args.model:
+            child(args, model, args.cache)
         return
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="spp-cls-compile-") as temp:
         args.out = args.out or Path(temp) / "compile_times.jsonl"
-        for model in args.model:
-            cache = Path(temp) / f"cache-{model}"
+        # eager only: one process for all networks (nothing to isolate); compiling: one process and cache each
+        groups = [args.model] if args.variants == "eager" else [[model] for model in args.model]
+        for models in groups:
+            model = " ".join(models)
+            cache = Path(temp) / f"cache-{models[0]}"
             for cache_state in ("cold",) if args.cold_only or args.variants == "eager" else ("cold", "warm"):
                 left = args.child_timeout if args.deadline is None else args.deadline - (time.monotonic() - started)
                 if left <= MARGIN_S + MIN_CHILD_S:
@@ -195,7 +201,7 @@ def main() -> None:
                                       "reason": f"the {args.deadline:g} s deadline has passed"})
                     continue
                 print(f"compile_times: {model}, {cache_state} cache", file=sys.stderr, flush=True)
-                run_child(args, model, cache_state, cache, min(args.child_timeout, left - MARGIN_S))
+                run_child(args, models, cache_state, cache, min(args.child_timeout, left - MARGIN_S))
         print(f"torch {torch.__version__}; width {args.width:g}, precision {args.precision}, channels_last "
               f"{'on' if args.channels_last else 'off'}; first step = compile + one step; steady = mean of "
               f"{args.steps} steps after {WARMUP}")
