@@ -18,10 +18,10 @@
 #   nets 45      the four nets at 224 and 180, bf16 autocast + channels_last, batch 128, model only, compile off
 #   lrn 35       the one-op LRN against the old formula (step time, saved activations), ZF-5 and Convnet*-5
 #   profile 30   `spp-cls bench --profile` of ZF-5 at 224 (time by kernel family, top kernels)
-#   decode 80    data path and ZF-5 fed from shards: decode on the loader workers, and on the device per backend
+#   decode 90    data path and ZF-5 fed from shards: decode on the loader workers, and on the device per backend
 #   windows 35   `spp-cls bench windows` at full width (the paper's Table 9)
 #   tenview 30   the 10-view test: image crops against windows on the conv maps, four nets
-#   compile 125  the four nets compiled: compile time at 224 and 180 (cold cache), graphs, compiled step
+#   compile 120  the four nets compiled: compile time at 224 and 180 (cold cache), graphs, compiled step
 #   pytest       `pytest -m cuda`, whatever is left (about 100 s); each test's outcome as a JSON line
 set -uo pipefail
 
@@ -149,7 +149,7 @@ step profile 30 "$PYTHON" -m spp_cls bench --profile --model zf5_spp --sizes 224
     --out "$WORK/profile.json"
 as_figure profile "$WORK/profile.json"
 
-step decode 80 "$PYTHON" benchmarks/gpu_measure.py decode --out "$FIGURES" --workers "$(nproc)" --batch-size 128 \
+step decode 90 "$PYTHON" benchmarks/gpu_measure.py decode --out "$FIGURES" --workers "$(nproc)" --batch-size 128 \
     --steps 30
 
 step windows 35 "$PYTHON" -m spp_cls bench windows --device cuda --width 1.0 --images 2 --windows 2000 \
@@ -158,7 +158,7 @@ as_figure windows "$WORK/windows.json"
 
 step tenview 30 "$PYTHON" benchmarks/gpu_measure.py tenview --out "$FIGURES" --batch-size 128 --steps 10
 
-step compile 125 bash -c "\"$PYTHON\" benchmarks/compile_times.py --model zf5_spp convnet5_spp overfeat5_spp \
+step compile 120 bash -c "\"$PYTHON\" benchmarks/compile_times.py --model zf5_spp convnet5_spp overfeat5_spp \
     overfeat7_spp --sizes 224,180 ${GPU[*]} --steps 20 --variants compiled --cold-only --child-timeout 45 \
     --deadline \$((STEP_LIMIT - 15)) --out \"$FIGURES\""
 
