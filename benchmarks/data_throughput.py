@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import checkout  # noqa: F401  (before spp_cls: the checkout's, installed or not)
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler

@@ -95,14 +95,15 @@ def write_result(root: Path, backbone: str, variant: str, top1: float, top5: flo
 HUNG_OUTPUT_CHARS = 20_000
 
 
-def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str],
+                     cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run in a new process group, output captured; on timeout fail the test with every process's Python stacks.
 
     The processes (ranks, loader workers: all inherit the environment) run with PYTHONFAULTHANDLER=1, so the SIGABRT
     sent to the group on timeout makes each of them print the traceback of every thread; SIGKILL follows.
     """
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**env, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
+                               env={**env, "PYTHONFAULTHANDLER": "1"}, start_new_session=True, cwd=cwd)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -381,3 +382,44 @@ def first_lrn_input(folder: Path, mode: str, layout: str, autocast: bool = False
     pixels = InputTransform()(real_images(folder)).contiguous(memory_format=LAYOUTS[layout])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         return trunk.relu1(trunk.conv1(pixels))
+
+
+# ---- torch.compile against eager ------------------------------------------------------------------------------------
+PAPER_BACKBONES = ("zf5", "convnet5", "overfeat5", "overfeat7")
+
+
+def compiled_against_eager(backbone: str, device: str, sizes: tuple[int, ...], width: float, batch_size: int,
+                           ) -> list[tuple[int, float, float]]:
+    """The SPP network compiled whole (fullgraph, static shapes) and eager on the same weights, channels_last, under
+    bf16 autocast, at each size in turn: (size, largest logit difference / largest logit, largest gradient
+    difference / that parameter's largest gradient). Dropout is off so that both runs compute the same function.
+    Dynamo's graph counters start from zero here."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    eager = create(backbone, head="spp", num_classes=10, width=width, init="kaiming", dropout=0.0)
+    eager = eager.to(device, memory_format=torch.channels_last)
+    twin = create(backbone, head="spp", num_classes=10, width=width, init="kaiming", dropout=0.0)
+    twin = twin.to(device, memory_format=torch.channels_last)
+    twin.load_state_dict(eager.state_dict())
+    compiled = torch.compile(twin, fullgraph=True, dynamic=False)
+    differences = []
+    for size in sizes:
+        images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(size)) * 50
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        logits = {}
+        for name, net in (("eager", eager), ("compiled", compiled)):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                logits[name] = net(images)
+            assert logits[name].dtype == torch.bfloat16
+            logits[name].float().logsumexp(1).mean().backward()
+        scale = logits["eager"].float().abs().max()
+        logit_difference = ((logits["compiled"].float() - logits["eager"].float()).abs().max() / scale).item()
+        grad_difference = max(((got.grad - want.grad).abs().max() / want.grad.abs().max()).item()
+                              for got, want in zip(twin.parameters(), eager.parameters(), strict=True))
+        differences.append((size, logit_difference, grad_difference))
+        eager.zero_grad(set_to_none=True)
+        twin.zero_grad(set_to_none=True)
+    return differences

@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 import torch._dynamo
-from helpers import cpu_args
+from helpers import PAPER_BACKBONES, compiled_against_eager, cpu_args
 
 from spp_cls.cli import main
 from spp_cls.models import create
@@ -27,6 +27,18 @@ def test_compiled_network_has_one_graph_per_training_size_and_matches_eager():
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-4)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.parametrize("backbone", PAPER_BACKBONES)
+def test_each_network_compiles_whole_under_bf16_autocast_and_trains_as_eager(backbone):
+    """Whole-network compile with fullgraph (no graph break), both training sizes, forward and backward. The
+    cross-channel LRN of Convnet*-5 and the Overfeats once left autocast off for the rest of the compiled graph, so
+    their conv2 met bf16 maps with fp32 weights."""
+    for size, logit_difference, grad_difference in compiled_against_eager(backbone, "cpu", (224, 180), width=0.0625,
+                                                                         batch_size=2):
+        assert logit_difference < 0.02, (backbone, size)
+        assert grad_difference < 0.05, (backbone, size)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # one graph per size, no recompile
 
 
 def test_fit_with_bf16_autocast_and_channels_last(demo_shards, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -357,3 +358,21 @@ def test_fit_with_device_decode_trains_the_cpu_paths_weights_and_tests_exactly(d
     assert main(["test", *args]) == 0
     results = json.loads((runs["device"] / "results.json").read_text())
     assert results["test_protocol"] == "tenview" and results["num_test_images"] == 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_fit_and_test_with_half_precision_weights_and_device_decode(demo_shards: Path, tmp_path: Path,
+                                                                    precision: str) -> None:
+    """Lightning's `bf16-true` / `16-true` rebuild each batch before its transfer (a frozen JpegBatch was refused)
+    and hold the weights in half precision: the network gets its input in that dtype, for training, validation and
+    both 10-view tests."""
+    args = cpu_args(demo_shards, tmp_path, "--trainer.max_epochs", "1", "--wandb", "false", "--data.decode", "device",
+                    "--trainer.precision", precision, "--trainer.deterministic", "false")
+    assert main(["fit", *args]) == 0
+    run = tmp_path / "t" / "zf5-spp_multi"
+    [row] = read_summary(run)
+    assert math.isfinite(float(row["train_loss"])) and 0 <= float(row["val_top1_err"]) <= 100
+    for protocol, results in (("tenview", "results.json"), ("tenview_fmap", "results_tenview_fmap.json")):
+        assert main(["test", *args, "--data.test_views", protocol]) == 0
+        assert json.loads((run / results).read_text())["num_test_images"] == 15

@@ -29,11 +29,16 @@ def _autocast_off(device_type: str) -> AbstractContextManager[Any]:
     return nullcontext()
 
 
-def _channel_window_mean(squares: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over `size` neighbouring channels (zero-padded), pooled along whichever axis is contiguous in memory, so
-    that neither NCHW nor channels_last maps are copied into the other layout."""
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether the map's channels are its innermost axis in memory (and the map is not also plain contiguous)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _channel_window_mean(squares: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:
+    """Mean over `size` neighbouring channels (zero-padded), pooled along the axis that is contiguous in memory
+    (`channels_last` says which), so that neither NCHW nor channels_last maps are copied into the other layout."""
     n, c, h, w = squares.shape
-    if squares.is_contiguous(memory_format=torch.channels_last) and not squares.is_contiguous():
+    if channels_last:
         pixels = squares.permute(0, 2, 3, 1).reshape(n, 1, h * w, c)
         pooled = F.avg_pool2d(pixels, (1, size), stride=1, padding=(0, size // 2))
         return pooled.view(n, h, w, c).permute(0, 3, 1, 2)
@@ -46,12 +51,12 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def window_mean(squares: torch.Tensor, mode: Mode, size: int) -> torch.Tensor:
+def window_mean(squares: torch.Tensor, mode: Mode, size: int, channels_last: bool) -> torch.Tensor:
     """The zero-padded window mean of LRN's denominator. The window is symmetric (odd size), so this linear map is
     its own adjoint, which is what the backward below relies on."""
     if mode == "within":
         return F.avg_pool2d(squares, size, stride=1, padding=size // 2, count_include_pad=True)
-    return _channel_window_mean(squares, size)
+    return _channel_window_mean(squares, size, channels_last)
 
 
 class _LocalResponseNormFunction(torch.autograd.Function):
@@ -64,10 +69,13 @@ class _LocalResponseNormFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, mode: Mode, size: int, alpha: float, beta: float,
                 k: float) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.lrn = (mode, size, alpha, beta, k)
+        # The layout is read here, not in backward: a memory-format query there made dynamo abandon its first trace
+        # of the backward with autocast left switched off, so the rest of a compiled net ran without autocast.
+        channels_last = is_channels_last(x)
+        ctx.lrn = (mode, size, alpha, beta, k, channels_last)
         with _autocast_off(x.device.type):
             x_wide = _wide(x)
-            base = window_mean(x_wide * x_wide, mode, size).mul_(alpha).add_(k)
+            base = window_mean(x_wide * x_wide, mode, size, channels_last).mul_(alpha).add_(k)
             # the two multiplications of the formulas the trunks used so far: the fp32 forward stays bit for bit
             out = x_wide * base.pow_(-beta) if mode == "within" else x_wide / base.pow_(beta)
         return out.to(x.dtype)
@@ -75,12 +83,12 @@ class _LocalResponseNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        mode, size, alpha, beta, k = ctx.lrn
+        mode, size, alpha, beta, k, channels_last = ctx.lrn
         with _autocast_off(x.device.type):
             x_wide = _wide(x)
-            base = window_mean(x_wide * x_wide, mode, size).mul_(alpha).add_(k)
+            base = window_mean(x_wide * x_wide, mode, size, channels_last).mul_(alpha).add_(k)
             direct = _wide(grad) * base.pow(-beta)
-            spread = window_mean(direct.mul(x_wide).div_(base), mode, size)
+            spread = window_mean(direct.mul(x_wide).div_(base), mode, size, channels_last)
             grad_x = torch.addcmul(direct, x_wide, spread, value=-2.0 * alpha * beta)
         return grad_x.to(x.dtype), None, None, None, None, None
 

@@ -258,14 +258,23 @@ def views_on_feature_maps(net: SppNet, images: torch.Tensor, windows: Sequence[W
     """Softmax averaged over the same `windows` of each normalised (B, 3, H, W) image: (B, num_classes).
 
     The trunk runs once on the batch and its mirror together (a flipped view is the mirrored window of the mirrored
-    image), then every view of every image is pooled and classified in one pass.
+    image), then every view of every image is pooled and classified in one pass. The windows come from the caller
+    as numbers, so their cells are worked out and checked on the host and copied to the device once, without
+    blocking: a test batch costs no host sync.
     """
-    batch, width = images.shape[0], images.shape[-1]
-    boxes = images.new_tensor([window[:4] for window in windows], dtype=torch.float32)
-    flips = torch.tensor([bool(window[4]) for window in windows], device=images.device)
+    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    boxes = torch.tensor([window[:4] for window in windows], dtype=torch.float32)
+    flips = torch.tensor([bool(window[4]) for window in windows])
     boxes = torch.where(flips[:, None], mirror_boxes(boxes, width), boxes)
-    owners = torch.arange(batch, device=images.device)[:, None] + batch * flips[None].long()  # (B, V)
+    owners = torch.arange(batch)[:, None] + batch * flips[None].long()  # (B, V)
     rois = torch.cat([owners.reshape(-1, 1).float(), boxes.repeat(batch, 1)], 1)
-    both = torch.cat([images, images.flip(-1)]) if bool(flips.any()) else images
-    logits = net.forward_pooled(pool_windows(net, both, rois))
+    check_boxes(rois, (height, width))
+    maps = net.forward_features(torch.cat([images, images.flip(-1)]) if bool(flips.any()) else images)
+    cells = boxes_to_cells(rois[:, 1:], feature_geometry(net), (maps.shape[-2], maps.shape[-1]))
+    cell_rois = torch.cat([rois[:, :1], cells.float()], 1)
+    if maps.device.type == "cuda":
+        cell_rois = cell_rois.pin_memory().to(maps.device, non_blocking=True)
+    # the pooled values are maxima of the maps' values: back in the maps' dtype they are exact
+    pooled = pyramid_pool_cells(maps, cell_rois.to(maps.device), net.pool.levels).to(maps.dtype)
+    logits = net.forward_pooled(pooled)
     return logits.float().softmax(dim=1).view(batch, len(windows), -1).mean(dim=1)

@@ -142,8 +142,9 @@ class SppClassifier(pl.LightningModule):
                           tuple(self.hparams.train_sizes))
 
     def normalise(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
-        """uint8 (N, 3, H, W) images -> the network's float input (resized, colour noise if training, mean off)."""
-        x = self.transform(images, size=size, train=train)
+        """uint8 (N, 3, H, W) images -> the network's float input (resized, colour noise if training, mean off), in
+        the weights' dtype (fp32 under autocast; bf16 / fp16 under Lightning's `bf16-true` / `16-true`)."""
+        x = self.transform(images, size=size, train=train).to(self.net.fc6.weight.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def forward(self, images: torch.Tensor, size: int | None = None, train: bool = False) -> torch.Tensor:
@@ -274,8 +275,11 @@ class SppClassifier(pl.LightningModule):
         """The optimiser for `global_batch` images per step: lr scaled linearly from `reference_batch`."""
         hp = self.hparams
         params = list(self.parameters())
-        # one fused kernel for the whole update on CUDA, instead of the multi-tensor (foreach) launches
-        fused = all(param.is_cuda for param in params)
+        # One fused kernel for the whole update on CUDA, instead of the multi-tensor (foreach) launches. Not with
+        # gradient clipping: Lightning's mixed-precision plugin refuses to clip for an optimizer that steps with AMP
+        # scaling, as fused SGD says it does.
+        clipping = getattr(self._trainer, "gradient_clip_val", None) not in (None, 0, 0.0)
+        fused = all(param.is_cuda for param in params) and not clipping
         return torch.optim.SGD(params, lr=hp.lr * global_batch / hp.reference_batch, momentum=hp.momentum,
                                weight_decay=hp.weight_decay, fused=fused or None)
 

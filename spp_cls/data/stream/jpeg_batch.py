@@ -96,11 +96,15 @@ class JpegCrop(NamedTuple):
     shard: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class JpegBatch:
     """A training batch whose images are still JPEG files; a
     :class:`~spp_cls.data.stream.nvimgcodec_decode.BatchDecoder` turns it into ``(uint8 [B, 3, 224, 224], int64
     labels [B])`` on a device.
+
+    Not frozen: Lightning's ``bf16-true`` / ``16-true`` precision plugins rebuild a dataclass batch field by field
+    (``apply_to_collection``) before it is transferred, and refuse a frozen one. Nothing here changes a batch: ``to``
+    and ``pin_memory`` return new ones.
 
     Attributes:
         data: the B JPEG files back to back in one uint8 CPU tensor (one shared-memory block per batch between the
@@ -128,9 +132,18 @@ class JpegBatch:
     def to(self, device: torch.device | str, **kwargs: Any) -> JpegBatch:
         """Moves the labels only: nvImageCodec reads the JPEG bytes from host memory whatever device decodes them.
 
-        Lightning's ``transfer_batch_to_device`` calls this (it moves any object with a ``to`` method as a whole).
+        Lightning's ``transfer_batch_to_device`` calls this (it moves any object with a ``to`` method as a whole, and
+        passes ``non_blocking`` to plain tensors only), so the copy to a CUDA device is non-blocking unless asked
+        otherwise: from pinned labels (see ``pin_memory``) it neither waits for the device nor stalls its queue.
         """
+        kwargs.setdefault("non_blocking", torch.device(device).type == "cuda")
         return replace(self, labels=self.labels.to(device, **kwargs))
+
+    def pin_memory(self) -> JpegBatch:
+        """The batch with its labels in pinned host memory: the DataLoader's pin thread calls this where it pins
+        (``pin_memory=True``). The JPEG bytes stay in their shared-memory block: nvImageCodec reads them on the
+        host."""
+        return replace(self, labels=self.labels.pin_memory())
 
     def jpegs(self) -> list[torch.Tensor]:
         """The files as 1-D uint8 CPU tensors (views of ``data``)."""

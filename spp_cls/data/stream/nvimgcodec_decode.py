@@ -19,6 +19,11 @@ batch was sent to, stacks them and flips the mirrored ones: the CPU path's windo
   only after the step that reads them. nvImageCodec's own outputs are stream-ordered allocations on the side stream
   (freed there after the copy out of them); the code streams, and the bytes they read, are kept until the batch's
   event has passed.
+- No host sync: nothing here waits for the device in a training step. Labels arrive pinned (the loader pins, see
+  :meth:`~spp_cls.data.stream.jpeg_batch.JpegBatch.pin_memory`) and every host-to-device copy is non-blocking from
+  pinned memory; finished batches are found with a non-blocking event query, and the host waits for a decode only
+  when :data:`MAX_IN_FLIGHT` batches are still decoding. Windows that land in host memory (the ``cpu`` backend, a
+  file decoded by the host fallback) are copied to the device the same way.
 - Corrupt files: a file nvImageCodec returns None for is decoded on the host by the CPU path's decoder
   (:func:`~spp_cls.data.stream.pipeline.decode_rgb`): if that reads it, its window is used (and the fallback logged and
   counted); if not, it is recorded in the budget with its key, shard and the decoder's reason (the CPU path's hook),
@@ -33,6 +38,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -55,6 +61,9 @@ INSTALL_HINT = "pip install 'spp-cls[gpu-decode]' (nvidia-nvimgcodec-cu13[nvjpeg
 # nvImageCodec loads every codec extension it ships when imported and prints a few lines for each one whose library is
 # not installed; JPEG 2000 and TIFF are never decoded here.
 _UNUSED_EXTENSIONS = ("nvjpeg2k", "nvJPEG2000", "nvtiff", "nvTIFF")
+MAX_IN_FLIGHT = 4
+"""Batches whose decode may still run on the side stream (their code streams kept) before the host waits for the
+oldest: in training the previous batch's decode has long finished, so the host never waits."""
 
 
 class FailureRecorder(Protocol):
@@ -146,7 +155,7 @@ class BatchDecoder:
         self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
                                                sample_format=nvimgcodec.SampleFormat.P_RGB)
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._in_flight: tuple[torch.cuda.Event, list[Any]] | None = None
+        self._in_flight: deque[tuple[torch.cuda.Event, list[Any]]] = deque()
         self.cpu_fallbacks = 0
 
     @property
@@ -161,24 +170,25 @@ class BatchDecoder:
             crops, source, _ = self._decode(batch)
         else:
             consumer = torch.cuda.current_stream(self.device)
-            self._release_in_flight()
+            self._release_finished()
             with torch.cuda.stream(self._stream):
                 crops, source, code_streams = self._decode(batch)
                 done = torch.cuda.Event()
                 done.record(self._stream)
             consumer.wait_event(done)
             crops.record_stream(consumer)
-            self._in_flight = (done, code_streams)
-        labels = batch.labels.to(self.device)
+            self._in_flight.append((done, code_streams))
+        labels = batch.labels.to(self.device, non_blocking=True)
         if source != list(range(len(batch))):
-            labels = labels[torch.tensor(source, device=self.device)]
+            labels = labels[on_device(torch.tensor(source), self.device)]
         return crops, labels
 
-    def _release_in_flight(self) -> None:
-        """Drops the previous batch's code streams once its decode has finished on the side stream."""
-        if self._in_flight is not None:
-            self._in_flight[0].synchronize()
-            self._in_flight = None
+    def _release_finished(self) -> None:
+        """Drops the code streams of the batches whose decode has finished on the side stream (a non-blocking query);
+        waits for the oldest only while :data:`MAX_IN_FLIGHT` are still decoding."""
+        while self._in_flight and (len(self._in_flight) >= MAX_IN_FLIGHT or self._in_flight[0][0].query()):
+            done, _ = self._in_flight.popleft()
+            done.synchronize()
 
     def _decode(self, batch: JpegBatch) -> tuple[torch.Tensor, list[int], list[Any]]:
         """(crops, source, code streams): ``source[i]`` is the sample whose window fills slot i."""
@@ -206,13 +216,13 @@ class BatchDecoder:
                 windows.append(self._device_window(image, batch.origins[i]))
         self._log_fallbacks(batch, on_host)
         source = _replacements(batch, windows, self.budget)
-        crops = _stacked([windows[j] for j in source], [batch.flips[j] for j in source])
+        crops = _stacked([windows[j] for j in source], [batch.flips[j] for j in source], self.device)
         return crops, source, code_streams
 
     def _device_window(self, image: Any, origin: tuple[int, int]) -> torch.Tensor:
         """The 3 x 224 x 224 window of one nvImageCodec output (planar RGB; already the window when decoded as a
-        region)."""
-        if self._stream is None:
+        region), where nvImageCodec wrote it: the ``cpu`` backend writes host memory whatever device it was given."""
+        if image.buffer_kind == load_nvimgcodec().ImageBufferKind.STRIDED_HOST:
             pixels = torch.from_numpy(np.asarray(image))
         else:  # torch.from_dlpack(image) would first offer DLPack 1.0 keywords this Image refuses: a TypeError each
             pixels = torch.from_dlpack(image.__dlpack__(stream=self._stream.cuda_stream))
@@ -220,13 +230,13 @@ class BatchDecoder:
         return pixels if self.region else pixels[:, y0 : y0 + CROP, x0 : x0 + CROP]
 
     def _host_window(self, batch: JpegBatch, i: int) -> torch.Tensor | CorruptSample:
-        """Sample i's window decoded by the CPU path's decoder and moved to the device, or why it does not decode."""
+        """Sample i's window decoded by the CPU path's decoder (in host memory), or why it does not decode."""
         try:
             whole = decode_rgb(batch.jpegs()[i].numpy().tobytes())
         except CorruptSample as exn:
             return exn
         x0, y0 = batch.origins[i]
-        return whole[:, y0 : y0 + CROP, x0 : x0 + CROP].to(self.device)
+        return whole[:, y0 : y0 + CROP, x0 : x0 + CROP]
 
     def _log_fallbacks(self, batch: JpegBatch, on_host: list[int]) -> None:
         if on_host:
@@ -236,18 +246,28 @@ class BatchDecoder:
                         batch.shards[on_host[0]], self.cpu_fallbacks)
 
 
-def _stacked(windows: list[torch.Tensor], flips: list[bool]) -> torch.Tensor:
-    """The (3, 224, 224) windows as one contiguous uint8 batch, the flagged ones mirrored.
+def on_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: on CUDA copied from pinned memory without blocking (no host sync, and the copy
+    is ordered on the current stream)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
-    On the CPU the copy is numpy's, single-threaded: torch's multi-threaded copy stalled whenever nvImageCodec's
-    decode threads held the cores (13 to 330 ms for a batch of 32 on 2 cores, against 1.3 ms with one thread).
+
+def _stacked(windows: list[torch.Tensor], flips: list[bool], device: torch.device) -> torch.Tensor:
+    """The (3, 224, 224) windows as one contiguous uint8 batch on ``device``, the flagged ones mirrored.
+
+    Windows all in host memory are stacked there and copied once. That copy is numpy's, single-threaded: torch's
+    multi-threaded copy stalled whenever nvImageCodec's decode threads held the cores (13 to 330 ms for a batch of 32
+    on 2 cores, against 1.3 ms with one thread).
     """
-    if windows[0].device.type == "cpu":
-        return torch.from_numpy(np.stack([w.numpy()[:, :, ::-1] if f else w.numpy() for w, f in zip(windows, flips)]))
-    crops = torch.stack(windows)
+    if all(window.device.type == "cpu" for window in windows):
+        crops = np.stack([w.numpy()[:, :, ::-1] if f else w.numpy() for w, f in zip(windows, flips)])
+        return on_device(torch.from_numpy(crops), device)
+    crops = torch.stack([on_device(window, device) if window.device.type == "cpu" else window for window in windows])
     flipped = [i for i, flip in enumerate(flips) if flip]
     if flipped:
-        index = torch.tensor(flipped, device=crops.device)
+        index = on_device(torch.tensor(flipped), device)
         crops[index] = crops[index].flip(-1)
     return crops
 
