@@ -4,9 +4,10 @@ One gzipped CSV per test protocol (`outcomes.csv.gz` for the 10-view table proto
 for the others), one row per test image, sorted by key:
 
     key,label,top5
-    ILSVRC2012_val_00000001,65,65 62 58 54 28
+    val-00000000,4,5 4 7 3 1
 
-`top5` holds the predicted classes in order of score (fewer when the data has fewer than five classes). Two cells
+`key` is the sample's key in the val shards (its `json` member names the source file); `top5` holds the predicted
+classes in order of score (fewer when the data has fewer than five classes). Two cells
 tested on the same images can then be compared image by image (paired), which is what tells a gain from noise: see
 `spp_cls.report.intervals`. ImageNet's 50,000 val images take about 0.7 MB.
 
