@@ -1,4 +1,4 @@
-"""Who may import whom (DESIGN.md, "Layout"), read from the import statements of every module of the package, those
+"""Who may import whom (docs/layout.md, "Who imports whom"), read from the import statements of every module of the package, those
 inside functions included: a model is usable without Lightning or data, a datamodule without a network, the table
 without training code, and nothing imports the command line."""
 from __future__ import annotations

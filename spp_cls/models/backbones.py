@@ -1,7 +1,7 @@
 """The four conv trunks of the paper's Table 1, as data, and one builder.
 
 Paddings are not in the paper ("adjusted to produce the expected output feature map size"); the ones below make
-every map size of Table 1 hold with PyTorch's floor-mode pooling (reference section 1.4). Every conv is followed by
+every map size of Table 1 hold with PyTorch's floor-mode pooling (docs/paper.md, "Paddings"). Every conv is followed by
 a ReLU; the LRN / pooling that Table 1 lists for a layer follow in the order listed.
 """
 from __future__ import annotations

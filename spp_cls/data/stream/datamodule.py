@@ -1,6 +1,6 @@
 """`ShardDataModule`: the LightningDataModule over the webdataset shards written by `spp-cls shards`.
 
-Batches (all uint8 images, see DESIGN.md conventions):
+Batches (all uint8 images; docs/data.md, "What the data hands the model"):
 - train: ``(images [B, 3, 224, 224], labels int64 [B])``, B = ``batch_size`` per rank. With ``decode="device"``
   the loader yields a :class:`~spp_cls.data.stream.jpeg_batch.JpegBatch` (the same B samples and windows, still
   JPEG-encoded) and this module's ``on_after_batch_transfer`` hook turns it into that pair on the training device

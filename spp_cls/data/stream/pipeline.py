@@ -3,7 +3,7 @@ webdataset shards (train: endless, resampled, shuffled; eval: each image exactly
 are counted as :mod:`spp_cls.data.stream.corrupt` says.
 
 Everything here works on uint8 tensors; normalisation, colour noise and resizing to the epoch's size happen on the
-device (see DESIGN.md). Only the ``jpg`` and ``cls`` members of a sample are ever read; nothing is unpickled, and the
+device (docs/data.md, "What the data hands the model"). Only the ``jpg`` and ``cls`` members of a sample are ever read; nothing is unpickled, and the
 ``json`` member is skipped at the tar level.
 
 Seeds (two-seed scheme): the shard order is a pure function of (seed, epoch), the same on every rank, and the

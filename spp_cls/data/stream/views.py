@@ -4,7 +4,7 @@ Every view is a window on an image resized so that its shorter side is ``s`` (as
 horizontally after cropping. The windows are returned as :class:`ViewBox` values so that the same windows can be
 mapped onto conv feature maps (the paper's "10-view on feature maps") instead of cropping pixels.
 
-Protocols (paper section 4.1 of ``reference/sppnet-paper.md``):
+Protocols (the paper's section 4.1; docs/paper.md, "Test protocols"):
 - ``center``: the central 224 crop of the s=256 image (Table 3, "1 crop").
 - ``tenview``: 4 corners + center of the whole s=256 image, each also flipped (Table 2).
 - ``full``: the whole image at s=256, variable size (Table 3, "1 full").
