@@ -126,9 +126,8 @@ def _run_dir(argv: list[str]) -> int:
     """Print the run directory of a config without importing Lightning (job scripts use it to skip finished cells)."""
     import argparse
 
-    import yaml
-
     from .protocol import config_run_name
+    from .train.config_file import read_config, section
     from .train.rundir import run_dir
 
     parser = argparse.ArgumentParser(prog="spp-cls run-dir")
@@ -136,10 +135,10 @@ def _run_dir(argv: list[str]) -> int:
     parser.add_argument("--runs_dir", help="overrides the config's runs_dir")
     parser.add_argument("--experiment", help="overrides the config's experiment")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(args.config.read_text()) or {}
+    config = read_config(args.config)
     runs_dir = args.runs_dir or config.get("runs_dir", "runs")
     experiment = args.experiment or config.get("experiment", "default")
-    print(run_dir(runs_dir, experiment, config_run_name(config.get("model") or {})))
+    print(run_dir(runs_dir, experiment, config_run_name(section(config, "model"))))
     return 0
 
 
