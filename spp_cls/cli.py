@@ -99,6 +99,10 @@ def _models(argv: list[str]) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
+    from .train import requeue_signal
+
+    if requeue_signal.under_slurm():
+        requeue_signal.listen()  # before the seconds of imports and set-up, in which SIGUSR1 would kill the task
     from .train.lightning_cli import run_lightning
 
     return run_lightning(argv)

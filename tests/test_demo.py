@@ -64,7 +64,7 @@ def test_ten_views_on_feature_maps_agree_with_ten_image_crops(demo_dir):
         for views, label, _valid in data.eval_loader("test", rank=0, world_size=1):
             image = views[:, 0]
             crops.append(model.view_scores(ten_views(image[0])[None]))
-            fmaps.append(model.tenview_fmap_scores(image))
+            fmaps.append(model.feature_map_scores(image))
             labels.append(label)
     crop_scores, fmap_scores, labels = torch.cat(crops), torch.cat(fmaps), torch.cat(labels)
     assert len(labels) == CLASSES * 10

@@ -70,6 +70,13 @@ def test_test_writes_results_json_with_the_ten_view_protocol(demo_shards, tmp_pa
     assert f"{results['top1_err']:.2f}" in table and "34.60" in table  # measured beside the paper's ZF-5 (c)
 
 
+def test_the_module_is_told_the_data_s_test_protocol_by_the_cli(demo_shards, tmp_path):
+    for protocol in ("tenview", "tenview_fmap", "full"):
+        cli = build_cli(cpu_args(demo_shards, tmp_path, "--data.test_views", protocol), run=False)
+        assert cli.model.test_protocol.name == cli.datamodule.test_views == protocol
+        assert "test_views" not in cli.model.hparams  # the run's protocol, not the trained network's
+
+
 def test_bad_input_is_one_line_and_exit_2(demo_shards, tmp_path, capsys):
     missing = tmp_path / "no-such-shards"
     assert main(["fit", *cpu_args(missing, tmp_path)]) == 2

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-from ..data.stream.views import CROP
 from ..data.synthetic import render_image, synthetic_classes
 from ..models import create
 from ..models.windows import conv_maps, pool_on_maps
@@ -50,6 +49,7 @@ from ..paper import (
 )
 from ..predict import PredictError, check_inside, read_box_file
 from ..protocol import IMAGENET_PIXEL_STATISTICS
+from ..view_protocols import CROP
 from .device import autocast, device_name, synchronize
 from .settings import PRECISIONS, BenchParser, BenchUsageError, positive_float, positive_int
 

@@ -3,8 +3,8 @@ webdataset shards (train: endless, resampled, shuffled; eval: each image exactly
 are counted as :mod:`spp_cls.data.stream.corrupt` says.
 
 Everything here works on uint8 tensors; normalisation, colour noise and resizing to the epoch's size happen on the
-device (docs/data.md, "What the data hands the model"). Only the ``jpg`` and ``cls`` members of a sample are ever read; nothing is unpickled, and the
-``json`` member is skipped at the tar level.
+device (docs/data.md, "What the data hands the model"). Only the ``jpg`` and ``cls`` members of a sample are ever
+read; nothing is unpickled, and the ``json`` member is skipped at the tar level.
 
 Seeds (two-seed scheme): the shard order is a pure function of (seed, epoch), the same on every rank, and the
 global worker ``rank * workers + worker`` takes every ``world_size * workers``-th shard of it; the shuffle buffer
@@ -29,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from spp_cls.data.stream.corrupt import CorruptTally, MissingSamples, TooManyCorruptSamples
 from spp_cls.data.stream.eval_shards import ShardSlice
-from spp_cls.data.stream.views import CROP, five_positions
+from spp_cls.view_protocols import CROP, five_positions
 
 # NOTE: torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call; the decoder
 # still works and is what this pipeline is measured with. Silence exactly that message, once, here.
