@@ -16,6 +16,7 @@ LIGHTNING = ("pytorch_lightning", "lightning")
 # (importer, modules it must not import, why); a name matches itself and everything below it
 RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("spp_cls.protocol", ("spp_cls",), "the vocabulary stands on its own"),
+    ("spp_cls.box_file", ("spp_cls",), "box files are read the same way by predict and bench, below both"),
     ("spp_cls.view_protocols", ("spp_cls.paper", "spp_cls.models", "spp_cls.data", "spp_cls.train", "spp_cls.report",
                                 *OUTSIDE_CODE, *LIGHTNING, "torch"),
      "the test protocols' geometry is arithmetic on sizes, shared by the data's crops and the model's windows"),
