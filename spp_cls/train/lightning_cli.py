@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import pickle
 import sys
+from argparse import ArgumentError
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,8 @@ def build_cli(argv: list[str], run: bool = True) -> SppCLI:
         ShardDataModule,
         args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given the process's own argv
         run=run,
+        # a parse error raises (parse_arguments makes it one line) instead of printing the usage text and exiting
+        parser_kwargs={"exit_on_error": False, **dict.fromkeys(("fit", "validate", "test"), {"exit_on_error": False})},
         save_config_callback=SaveConfigToRunAndWandb,
         save_config_kwargs={"overwrite": True},
         trainer_defaults=TRAINER_DEFAULTS,
@@ -142,16 +144,13 @@ class SppCLI(LightningCLI):
     """LightningCLI with the run directory: where checkpoints, config, summary, results and the wandb run live."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """As LightningCLI, but a bad option or config key is one `error:` line, not the whole usage text."""
-        captured = io.StringIO()
+        """As LightningCLI, but a bad option or config key is one `error:` line, not the whole usage text (the
+        parsers raise instead of printing it: `exit_on_error=False` in `build_cli`)."""
         try:
-            with contextlib.redirect_stderr(captured):
-                super().parse_arguments(parser, args)
-        except SystemExit as exit_:
-            errors = [line for line in captured.getvalue().splitlines() if line.startswith("error:")]
-            sys.stderr.write(f"spp-cls: {errors[-1]}\n" if exit_.code and errors else captured.getvalue())
-            raise
-        sys.stderr.write(captured.getvalue())
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            print(f"spp-cls: error: {' '.join(line.strip() for line in str(error).splitlines())}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", default="default",
