@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README's Performance section (issues 10, 11 and 12), in one run on one GPU: at most 10
+# Every GPU figure of docs/performance.md (issues 10, 11 and 12), in one run on one GPU: at most 10
 # minutes (the sum of the commands' limits below).
 #
 #   benchmarks/gpu_figures.sh [RESULTS_DIR]      # default: gpu-figures-<date>; PYTHON=... to pick the interpreter
@@ -54,7 +54,7 @@ step 30 "profile after (one-op LRN)" \
     $PYTHON -m spp_cls bench --profile --model zf5_spp convnet5_spp --sizes 224 "${GPU[@]}" --steps 10 --warmup 5 \
     --out "$RESULTS/profile_after.json"
 
-# The four nets at both sizes, eager (the README's table: model only, fed from shards, harness, 10-view).
+# The four nets at both sizes, eager (docs/performance.md's table: model only, fed from shards, harness, 10-view).
 step 80 "bench: four nets, eager" \
     $PYTHON -m spp_cls bench --sizes 224,180 "${GPU[@]}" --steps 30 --warmup 5 --workers 8 \
     --out "$RESULTS/bench_eager.json"
