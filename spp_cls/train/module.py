@@ -42,6 +42,8 @@ from .schedule import train_size
 
 LrSchedule = Literal["plateau", "milestones"]
 LrScheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
 class SppClassifier(pl.LightningModule):
     """One SPP-net table cell.
 
