@@ -14,6 +14,7 @@ import yaml
 from spp_cls.cli import main
 from spp_cls.protocol import config_run_name
 from spp_cls.train.config_file import INCLUDE_KEY, read_config, section
+from spp_cls.train.lightning_cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CELLS = sorted(path for path in (CONFIGS / "table1").glob("*.yaml") if path.name != "base.yaml")
@@ -22,10 +23,11 @@ CELL_KEYS = {INCLUDE_KEY, "trainer.max_epochs", "model.backbone", "model.head", 
 
 
 def resolved(config: Path, capsys: pytest.CaptureFixture[str]) -> dict:
-    """What `spp-cls fit --config CONFIG --print_config` prints, as data."""
+    """What `spp-cls fit --config CONFIG --print_config` prints, as data (the CLI's parser, without `spp-cls`'s
+    set-up of wandb's process-wide settings, which would outlive this test)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(config), "--print_config"])
+        build_cli(["fit", "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
 
