@@ -99,6 +99,10 @@ def _models(argv: list[str]) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
+    from .train import requeue_signal
+
+    if requeue_signal.under_slurm():
+        requeue_signal.listen()  # before the seconds of imports and set-up, in which SIGUSR1 would kill the task
     from .train.lightning_cli import run_lightning
 
     return run_lightning(argv)
@@ -126,9 +130,8 @@ def _run_dir(argv: list[str]) -> int:
     """Print the run directory of a config without importing Lightning (job scripts use it to skip finished cells)."""
     import argparse
 
-    import yaml
-
     from .protocol import config_run_name
+    from .train.config_file import read_config, section
     from .train.lightning_cli import run_seed
     from .train.rundir import run_dir
 
@@ -138,11 +141,11 @@ def _run_dir(argv: list[str]) -> int:
     parser.add_argument("--experiment", help="overrides the config's experiment")
     parser.add_argument("--seed_everything", type=int, help="overrides the config's seed")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(args.config.read_text()) or {}
+    config = read_config(args.config)
     runs_dir = args.runs_dir or config.get("runs_dir", "runs")
     experiment = args.experiment or config.get("experiment", "default")
     seed = run_seed(config.get("seed_everything", 0) if args.seed_everything is None else args.seed_everything)
-    print(run_dir(runs_dir, experiment, config_run_name(config.get("model") or {}, seed)))
+    print(run_dir(runs_dir, experiment, config_run_name(section(config, "model"), seed)))
     return 0
 
 

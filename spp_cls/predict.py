@@ -7,16 +7,15 @@ An SPP network takes any input size, so each image is classified whole, as it is
 or resized first so that its shorter side is S. With `--boxes` it classifies windows instead, all windows of an image
 on one trunk pass (`SppNet.forward_windows`). The box file is a JSON object mapping an image (as given on the command
 line, or its file name) to its boxes, each [x0, y0, x1, y1] in pixels of that image as on disk: the half-open box
-[x0, x1) x [y0, y1), inside the image. Class names come from the train manifest of the data the run trained on (its
-run directory's config.yaml names it), or from `--manifest`.
+[x0, x1) x [y0, y1), cut at the image's edge (`spp_cls/box_file.py`). Class names come from the train manifest of the
+data the run trained on (its run directory's config.yaml names it), or from `--manifest`.
 
-Bad input (an unreadable image or checkpoint, a box off its image, windows for a no-SPP network, a manifest whose
-classes do not match the checkpoint) is one `spp-cls predict: error:` line and exit status 2.
+Bad input (an unreadable image or checkpoint, a box wholly off its image, windows for a no-SPP network, a manifest
+whose classes do not match the checkpoint) is one `spp-cls predict: error:` line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as tvf
 
+from .box_file import boxes_of, cut_at_edge, read_box_file
 from .data.manifest import MANIFEST_NAME, ClassEntry, Manifest, ManifestError
 from .data.stream.views import resize_shorter
 
@@ -65,39 +65,6 @@ def read_image(path: Path) -> torch.Tensor:
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise PredictError(f"cannot read image {path}: {error}") from None
     return tvf.pil_to_tensor(rgb)
-
-
-def read_box_file(path: Path) -> dict[str, list[list[float]]]:
-    """The box file: a JSON object mapping an image name to a list of [x0, y0, x1, y1] boxes (numbers)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PredictError(f"cannot read box file {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise PredictError(f"box file {path}: expected a JSON object mapping each image to its list of boxes")
-    for name, boxes in data.items():
-        if not isinstance(boxes, list) or not all(
-                isinstance(box, list) and len(box) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) for box in boxes):
-            raise PredictError(f"box file {path}: the boxes of {name!r} must be a list of [x0, y0, x1, y1] numbers")
-    return data
-
-
-def boxes_of(image_path: Path, box_file: dict[str, list[list[float]]], source: Path) -> list[list[float]]:
-    for key in (str(image_path), image_path.name):
-        if key in box_file:
-            return box_file[key]
-    raise PredictError(f"box file {source} has no boxes for {image_path} (keys are image paths or file names)")
-
-
-def check_inside(boxes: Sequence[Sequence[float]], width: int, height: int, image_path: Path) -> None:
-    """Every box must have an area and lie inside its width x height image."""
-    for index, (x0, y0, x1, y1) in enumerate(boxes):
-        if not (x0 < x1 and y0 < y1):
-            raise PredictError(f"box {index} {[x0, y0, x1, y1]} of {image_path} has no area (x1 <= x0 or y1 <= y0)")
-        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            raise PredictError(f"box {index} {[x0, y0, x1, y1]} of {image_path} is not inside the image "
-                               f"({width}x{height})")
 
 
 def run_classes(ckpt: Path, manifest: Path | None) -> tuple[ClassEntry, ...]:
@@ -151,8 +118,8 @@ def predict(args: argparse.Namespace) -> list[str]:
     box_file = read_box_file(args.boxes) if args.boxes is not None else None
     images = {path: read_image(path) for path in args.images}
     boxes = {path: boxes_of(path, box_file, args.boxes) for path in args.images} if box_file is not None else {}
-    for path, image_boxes in boxes.items():
-        check_inside(image_boxes, images[path].shape[-1], images[path].shape[-2], path)
+    windows = {path: cut_at_edge(image_boxes, images[path].shape[-1], images[path].shape[-2], path)
+               for path, image_boxes in boxes.items()}
     classes = run_classes(args.ckpt, args.manifest)
     module = load_module(args.ckpt, args.device)
     if module.hparams.num_classes != len(classes):
@@ -173,8 +140,8 @@ def predict(args: argparse.Namespace) -> list[str]:
                 lines += top_classes(module(batch).float().softmax(1)[0], classes, args.top)
                 continue
             factor = torch.tensor([image.shape[-1] / width, image.shape[-2] / height] * 2)
-            windows = torch.tensor(boxes[path], dtype=torch.float32).reshape(-1, 4)
-            logits = module.net.forward_windows(module.normalise(batch), [(windows * factor).to(args.device)])
+            cut = torch.tensor(windows[path], dtype=torch.float32).reshape(-1, 4)
+            logits = module.net.forward_windows(module.normalise(batch), [(cut * factor).to(args.device)])
             for box, probabilities in zip(boxes[path], logits.float().softmax(1)):
                 lines.append(f"{path} ({width}x{height}) window {[round(v, 2) for v in box]}")
                 lines += top_classes(probabilities, classes, args.top)

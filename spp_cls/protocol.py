@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args
 # ---- variants: the rows of the paper's Table 2 ------------------------------------------------------------------
 NOSPP, SPP_SINGLE, SPP_MULTI, SPP_RANDOM = "nospp", "spp_single", "spp_multi", "spp_random"
 SizeSchedule = Literal["fixed", "alternate", "random"]
+TRAIN_SIZES: tuple[int, int] = (224, 180)
+"""The two input sizes of multi-size training (section 2.3): 224 first, then 180 (the 224 crop resized)."""
 
 
 @dataclass(frozen=True)

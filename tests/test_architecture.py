@@ -1,6 +1,6 @@
-"""Who may import whom (DESIGN.md, "Layout"), read from the import statements of every module of the package, those
-inside functions included: a model is usable without Lightning or data, a datamodule without a network, the table
-without training code, and nothing imports the command line."""
+"""Who may import whom (docs/layout.md, "Who imports whom"), read from the import statements of every module of the
+package, those inside functions included: a model is usable without Lightning or data, a datamodule without a
+network, the table without training code, and nothing imports the command line."""
 from __future__ import annotations
 
 import ast
@@ -18,6 +18,10 @@ RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("spp_cls.protocol", ("spp_cls",), "the vocabulary stands on its own"),
     ("spp_cls.outcomes", ("spp_cls.models", "spp_cls.data", "spp_cls.train", "spp_cls.report", "spp_cls.paper",
                           *OUTSIDE_CODE, *LIGHTNING, "torch"), "per-image outcomes are a plain file format"),
+    ("spp_cls.box_file", ("spp_cls",), "box files are read the same way by predict and bench, below both"),
+    ("spp_cls.view_protocols", ("spp_cls.paper", "spp_cls.models", "spp_cls.data", "spp_cls.train", "spp_cls.report",
+                                *OUTSIDE_CODE, *LIGHTNING, "torch"),
+     "the test protocols' geometry is arithmetic on sizes, shared by the data's crops and the model's windows"),
     ("spp_cls.paper", ("spp_cls.models", "spp_cls.data", "spp_cls.train", "spp_cls.report", *OUTSIDE_CODE),
      "the paper's numbers are data"),
     ("spp_cls.models", ("spp_cls.data", "spp_cls.train", "spp_cls.report", *OUTSIDE_CODE, *LIGHTNING),

@@ -78,12 +78,12 @@ def test_the_rcnn_warp_is_each_box_cropped_and_resized_to_224():
 
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys):
     outside = tmp_path / "outside.json"
-    outside.write_text(json.dumps({"a.jpg": [[0, 0, 501, 375]]}))
+    outside.write_text(json.dumps({"a.jpg": [[500, 0, 510, 375]]}))
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{not json")
     few = tmp_path / "few.json"
     few.write_text(json.dumps({"a.jpg": [[0, 0, 50, 50]]}))
-    for args, said in ((["--boxes", str(outside)], "not inside the image (500x375)"),
+    for args, said in ((["--boxes", str(outside)], "lies wholly outside the image (500x375)"),
                        (["--boxes", str(garbage)], "cannot read box file"),
                        (["--boxes", str(few), "--images", "2"], "holds boxes for 1 images"),
                        (["--windows", "0"], "must be at least 1"),

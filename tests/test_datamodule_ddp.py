@@ -99,7 +99,8 @@ def test_ddp_tenview_test_counts_each_image_exactly_once(ddp_run: Path, demo_sha
 
 def test_ddp_spawn_validation_with_workers_counts_each_image_exactly_once(
         demo_shards: Path, tmp_path: Path) -> None:
-    # the launcher under which webdataset's env-var splitters give every rank all the data (toolchain.md section 5)
+    # the launcher under which webdataset's splitters, reading rank and world size from environment variables that
+    # ddp_spawn does not set, would give every rank all the data
     out = tmp_path / "out"
     run_probe(demo_shards, out, "--strategy", "ddp_spawn", "--workers", "2", "--stages", "validate", timeout=240)
     batches = probe_datamodule(demo_shards, 2).eval_batches_per_rank("validate", world_size=2)

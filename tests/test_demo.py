@@ -68,7 +68,7 @@ def test_ten_views_on_feature_maps_agree_with_ten_image_crops(demo_dir):
         for batch in data.eval_loader("test", rank=0, world_size=1):
             image, label = batch.views[:, 0], batch.labels
             crops.append(model.view_scores(ten_views(image[0])[None]))
-            fmaps.append(model.tenview_fmap_scores(image))
+            fmaps.append(model.feature_map_scores(image))
             labels.append(label)
     crop_scores, fmap_scores, labels = torch.cat(crops), torch.cat(fmaps), torch.cat(labels)
     assert len(labels) == CLASSES * 10

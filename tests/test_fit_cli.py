@@ -106,6 +106,13 @@ def test_test_writes_results_and_outcomes_and_another_seed_is_its_own_run(demo_s
     assert "seed_everything must be a whole number" in errors[-1]
 
 
+def test_the_module_is_told_the_data_s_test_protocol_by_the_cli(demo_shards, tmp_path):
+    for protocol in ("tenview", "tenview_fmap", "full"):
+        cli = build_cli(cpu_args(demo_shards, tmp_path, "--data.test_views", protocol), run=False)
+        assert cli.model.test_protocol.name == cli.datamodule.test_views == protocol
+        assert "test_views" not in cli.model.hparams  # the run's protocol, not the trained network's
+
+
 def test_bad_input_is_one_line_and_exit_2(demo_shards, tmp_path, capsys):
     missing = tmp_path / "no-such-shards"
     assert main(["fit", *cpu_args(missing, tmp_path)]) == 2

@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 
+from spp_cls import paper
 from spp_cls.models import MODEL_CFGS, TRUNKS, conv_map_size, create, default_cfg, list_models, map_sizes, total_stride
 from spp_cls.paper import TABLE2
 
@@ -160,3 +161,10 @@ def test_golden_logits(name):
     assert got["mean"] == pytest.approx(expected["mean"], rel=1e-4, abs=1e-6)
     assert got["std"] == pytest.approx(expected["std"], rel=1e-4)
     assert got["first"] == pytest.approx(expected["first"], rel=1e-4, abs=1e-6)
+
+
+def test_the_trunks_are_the_paper_s_networks_under_its_names():
+    """One list of networks: the trunks are keyed by the paper's names, which also key its numbers and titles."""
+    assert tuple(TRUNKS) == paper.BACKBONES == tuple(paper.BACKBONE_TITLES)
+    assert {backbone for backbone, _ in paper.TABLE2} == set(TRUNKS)
+    assert list_models() == [f"{backbone}_{head}" for backbone in TRUNKS for head in ("nospp", "spp")]

@@ -47,7 +47,7 @@ from spp_cls.data.stream.pipeline import (
     decode_rgb,
     train_crop,
 )
-from spp_cls.data.stream.views import VIEW_COUNTS
+from spp_cls.view_protocols import VIEW_PROTOCOLS
 
 
 def encoded(width: int, height: int, mode: str = "RGB", seed: int = 0, **options: object) -> bytes:
@@ -302,7 +302,7 @@ def test_without_nvimgcodec_device_decode_is_one_error_naming_the_package(demo_s
         nvimgcodec_decode.load_nvimgcodec.cache_clear()
 
 
-@pytest.mark.parametrize("protocol", list(VIEW_COUNTS))
+@pytest.mark.parametrize("protocol", list(VIEW_PROTOCOLS))
 def test_every_test_protocol_gets_the_cpu_paths_views_under_device_decode(demo_shards: Path, protocol: str) -> None:
     """Evaluation decodes on the CPU loader workers whatever data.decode says (the first batches here; the whole
     10-view pass, each image once, in the fit test below)."""
@@ -311,7 +311,7 @@ def test_every_test_protocol_gets_the_cpu_paths_views_under_device_decode(demo_s
     on_cpu = list(islice(ShardDataModule(str(demo_shards), decode="cpu", **options).eval_loader("test"), 3))
     assert len(on_device) == len(on_cpu) == 3
     for batch, expected in zip(on_device, on_cpu):
-        assert batch.views.shape[1] == VIEW_COUNTS[protocol] and batch.keys == expected.keys
+        assert batch.views.shape[1] == VIEW_PROTOCOLS[protocol].views_per_image and batch.keys == expected.keys
         assert all(torch.equal(got, want) for got, want in zip(batch[:3], expected[:3]))
 
 

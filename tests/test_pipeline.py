@@ -29,7 +29,8 @@ from spp_cls.data.stream.pipeline import (
     shard_order,
     train_crop,
 )
-from spp_cls.data.stream.views import center_view, five_positions
+from spp_cls.data.stream.views import center_view
+from spp_cls.view_protocols import five_positions
 
 
 def test_decode_rgb_gives_uint8_chw_matching_pil() -> None:

@@ -80,16 +80,20 @@ def test_windows_are_classified_as_the_whole_image_is_when_the_window_is_the_who
     image = read_image(images[0])
     height, width = image.shape[-2:]
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({images[0].name: [[0, 0, width, height], [3, 5, width // 2, height // 2 + 7]]}))
+    over_the_edge = [-20, -10, width + 30, height + 40]
+    boxes.write_text(json.dumps({images[0].name: [[0, 0, width, height], [3, 5, width // 2, height // 2 + 7],
+                                                  over_the_edge]}))
     assert main(["predict", "--ckpt", str(runs["spp"]), "--top", "3", str(images[0])]) == 0
     whole = reported(capsys.readouterr().out)
     assert main(["predict", "--ckpt", str(runs["spp"]), "--top", "3", "--boxes", str(boxes), str(images[0])]) == 0
     windows = reported(capsys.readouterr().out)
     prefix = f"{images[0]} ({width}x{height}) window"
     assert [header for header, _ in windows] == [f"{prefix} {[0, 0, width, height]}",
-                                                 f"{prefix} {[3, 5, width // 2, height // 2 + 7]}"]
+                                                 f"{prefix} {[3, 5, width // 2, height // 2 + 7]}",
+                                                 f"{prefix} {over_the_edge}"]
     assert all(len(ranked) == 3 for _, ranked in windows)
     assert windows[0][1] == whole[0][1]  # the whole-image window covers the whole conv map: the same pyramid
+    assert windows[2][1] == whole[0][1]  # a box over the edge is cut at it: here, to the whole image
 
 
 def test_the_manifest_flag_names_the_classes_when_the_run_directory_has_no_config(runs, images, demo_shards,
@@ -108,13 +112,13 @@ def test_bad_input_is_one_error_line_and_exit_2(runs, images, imagenet_folder, d
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("not a picture")
     box_files = {}
-    for name, boxes in (("outside", [[0, 0, width + 1, height]]), ("reversed", [[50, 10, 20, 40]]),
+    for name, boxes in (("outside", [[width, 0, width + 10, height]]), ("reversed", [[50, 10, 20, 40]]),
                         ("good", [[0, 0, 10, 10]])):
         box_files[name] = tmp_path / f"{name}.json"
         box_files[name].write_text(json.dumps({images[0].name: boxes}))
     cases = (
         ([str(not_an_image)], "cannot read image"),
-        (["--boxes", str(box_files["outside"]), str(images[0])], f"not inside the image ({width}x{height})"),
+        (["--boxes", str(box_files["outside"]), str(images[0])], f"lies wholly outside the image ({width}x{height})"),
         (["--boxes", str(box_files["reversed"]), str(images[0])], "has no area"),
         (["--boxes", str(box_files["good"]), str(images[1])], "has no boxes for"),
         (["--ckpt", str(tmp_path / "missing.ckpt"), str(images[0])], "no checkpoint"),

@@ -12,17 +12,23 @@ from PIL import Image
 
 from spp_cls.data.stream.pipeline import decode_rgb
 from spp_cls.data.stream.views import (
-    MULTISCALE_SIZES,
-    ViewBox,
+    VIEW_FUNCTIONS,
     center_view,
     full_view,
-    multiscale_view_boxes,
     multiscale_views,
     resize_shorter,
-    resized_size,
     stacked_views,
-    ten_view_boxes,
     ten_views,
+)
+from spp_cls.paper import PROTOCOL_SOURCES
+from spp_cls.protocol import TEST_PROTOCOLS
+from spp_cls.view_protocols import (
+    MULTISCALE_SIZES,
+    VIEW_PROTOCOLS,
+    ViewBox,
+    multiscale_view_boxes,
+    resized_size,
+    ten_view_boxes,
 )
 
 
@@ -128,3 +134,13 @@ def test_stacked_views_give_v_views_per_protocol() -> None:
     assert stacked_views("full")(image).shape == (1, 3, 256, 341)
     with pytest.raises(ValueError, match="known: center, tenview, full, multiscale"):
         stacked_views("twelve")  # type: ignore[arg-type]
+
+
+def test_every_protocol_is_named_once_and_has_its_view_function_and_paper_source() -> None:
+    assert tuple(VIEW_PROTOCOLS) == TEST_PROTOCOLS
+    assert set(VIEW_FUNCTIONS) == set(PROTOCOL_SOURCES) == set(TEST_PROTOCOLS)
+    image = torch.zeros(3, 300, 400, dtype=torch.uint8)
+    for name, protocol in VIEW_PROTOCOLS.items():
+        views = stacked_views(name)(image)
+        assert views.shape[0] == protocol.views_per_image, name
+        assert (views.shape[-2:] == (256, 341)) == protocol.whole_image, name

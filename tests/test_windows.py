@@ -11,7 +11,6 @@ from torch import nn
 from torchvision.io import decode_jpeg
 from torchvision.ops import roi_pool
 
-from spp_cls.data.stream.views import ten_view_boxes
 from spp_cls.data.synthetic import render_image, synthetic_classes
 from spp_cls.models import TRUNKS, create, feature_map_geometry, spatial_pyramid_pool2d
 from spp_cls.models.backbones import Conv, MaxPool
@@ -27,6 +26,7 @@ from spp_cls.models.windows import (
     scaled_size,
     views_on_feature_maps,
 )
+from spp_cls.view_protocols import ten_view_boxes
 
 
 def cells(lo: float, hi: float, stride: int, offset: float, size: int) -> tuple[int, int]:

@@ -135,16 +135,24 @@ spp_cell_done() {
     [[ -f $run_dir/results.json ]]
 }
 
-# spp_table_cells: the table's config files, one a line: the 12 cells, and the random-size extra when
-# SPP_CLS_RANDOM_SIZE=1; SPP_CLS_CELLS (names such as "zf5_nospp zf5_spp_multi") picks others.
+# spp_table_cells: the table's config files, one a line, as configs/table1/ holds them (every file but base.yaml,
+# which the cells include): the 12 cells of Table 2, variant by variant (no SPP, SPP single-size, SPP multi-size),
+# backbones in name order; then the random-size extra when SPP_CLS_RANDOM_SIZE=1. SPP_CLS_CELLS (names such as
+# "zf5_nospp zf5_spp_multi") picks others.
 spp_table_cells() {
-    local cells=${SPP_CLS_CELLS:-"zf5_nospp convnet5_nospp overfeat5_nospp overfeat7_nospp
-        zf5_spp_single convnet5_spp_single overfeat5_spp_single overfeat7_spp_single
-        zf5_spp_multi convnet5_spp_multi overfeat5_spp_multi overfeat7_spp_multi"}
-    [[ -z ${SPP_CLS_CELLS:-} && ${SPP_CLS_RANDOM_SIZE:-0} == 1 ]] && cells+=" overfeat7_spp_random"
-    local cell
-    for cell in $cells; do
-        [[ -f configs/table1/$cell.yaml ]] || die "no cell $cell (configs/table1/$cell.yaml)"
-        echo "configs/table1/$cell.yaml"
+    local cell config variant
+    if [[ -n ${SPP_CLS_CELLS:-} ]]; then
+        for cell in $SPP_CLS_CELLS; do
+            [[ -f configs/table1/$cell.yaml && $cell != base ]] || die "no cell $cell (configs/table1/$cell.yaml)"
+            echo "configs/table1/$cell.yaml"
+        done
+        return
+    fi
+    local variants=(nospp spp_single spp_multi)
+    [[ ${SPP_CLS_RANDOM_SIZE:-0} == 1 ]] && variants+=(spp_random)
+    for variant in "${variants[@]}"; do
+        for config in configs/table1/*_"$variant".yaml; do
+            [[ -f $config ]] && echo "$config"
+        done
     done
 }

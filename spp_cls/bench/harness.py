@@ -11,16 +11,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ..train.console import QUIET_WARNINGS
 from ..train.module import SppClassifier
 from .device import autocast, synchronize
 from .settings import NUM_CLASSES, PRECISIONS, Batch, BenchSettings
 from .timing import Timing, random_batches, timed_steps
 
 HARNESS_TARGET = 0.95
-QUIET_LIGHTNING_WARNINGS = (r".*(validation_step. but have no .val_dataloader|isinstance\(treespec, LeafSpec\)"
-                            r"|smaller than the logging interval|The .srun. command is available).*")
-"""Lightning warnings expected in the harness run (no validation, few batches, one process where SLURM is installed)
-or coming from its version pins."""
 
 
 class _InMemoryData(pl.LightningDataModule):
@@ -95,13 +92,15 @@ def lightning_timing(module: SppClassifier, batches: list[Batch], settings: Benc
     lightning_log.setLevel(logging.WARNING)  # the accelerator lines and tips Lightning prints on every run
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=QUIET_LIGHTNING_WARNINGS)
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
             trainer = pl.Trainer(
                 accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                 precision=PRECISIONS[settings.precision], max_epochs=1, limit_train_batches=len(batches),
                 limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False, benchmark=device.type == "cuda",
                 use_distributed_sampler=False, callbacks=[clock], default_root_dir=str(work),
+                log_every_n_steps=len(batches),  # Lightning warns of fewer batches than its logging interval
             )
             trainer.fit(module, datamodule=_InMemoryData(batches, settings.batch_size))
     finally:

@@ -14,6 +14,7 @@ import torch
 from ..data.stream.nvimgcodec_decode import DECODE_BACKENDS, check_backend
 from ..models import TRUNKS, list_models
 from ..models.registry import HEADS
+from ..protocol import TRAIN_SIZES
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="Defaults on CUDA: batch 128, warmup 10, steps 50; on a CPU: batch 32, warmup 2, steps 5.")
     parser.add_argument("--model", nargs="+", action="extend", metavar="NAME",
                         help=f"networks to measure (default: {' '.join(DEFAULT_MODELS)}); see `spp-cls models`")
-    parser.add_argument("--sizes", type=_sizes, default=(224, 180), help="training sizes, comma-separated")
+    parser.add_argument("--sizes", type=_sizes, default=TRAIN_SIZES, help="training sizes, comma-separated")
     parser.add_argument("--batch-size", type=positive_int, help="images per step")
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' (a small synthetic shard set in a temp dir) or an output root of `spp-cls "

@@ -5,8 +5,9 @@ from typing import Any
 
 import torch
 
-from ..data.stream.views import TEST_SHORTER_SIDE, ten_views
+from ..data.stream.views import ten_views
 from ..train.module import SppClassifier
+from ..view_protocols import TEST_SHORTER_SIDE
 from .device import autocast
 from .settings import NUM_CLASSES, Batch, BenchSettings, ModelSpec
 from .timing import cycle, timed_steps
@@ -32,7 +33,7 @@ def tenview_speed(spec: ModelSpec, settings: BenchSettings, device: torch.device
 
     def feature_maps(batch: Batch) -> int:
         for image in batch[0]:
-            module.tenview_fmap_scores(image[None])
+            module.feature_map_scores(image[None])
         return len(batch[0])
 
     warmup = max(1, settings.warmup)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.stream.views import CROP
+from ..view_protocols import CROP
 from .device import synchronize
 from .settings import Batch
 

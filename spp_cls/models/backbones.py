@@ -1,7 +1,7 @@
 """The four conv trunks of the paper's Table 1, as data, and one builder.
 
 Paddings are not in the paper ("adjusted to produce the expected output feature map size"); the ones below make
-every map size of Table 1 hold with PyTorch's floor-mode pooling (reference section 1.4). Every conv is followed by
+every map size of Table 1 hold with PyTorch's floor-mode pooling (docs/paper.md, "Paddings"). Every conv is followed by
 a ReLU; the LRN / pooling that Table 1 lists for a layer follow in the order listed.
 """
 from __future__ import annotations
@@ -48,8 +48,9 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrunkSpec:
+    """One trunk of Table 1, under the paper's name of it (`paper.BACKBONES`, which also holds its printed title)."""
+
     name: str
-    title: str
     stages: tuple[Stage, ...]
     nospp_pool: MaxPool
     """The baseline's last pooling layer: 6x6 bins on the 224-input conv map (13x13 -> 3/2, 18x18 -> 3/3)."""
@@ -72,7 +73,6 @@ TRUNKS: dict[str, TrunkSpec] = {
     # ZF-5: Zeiler & Fergus "fast" model; within-channel LRN as the authors' released model.
     "zf5": TrunkSpec(
         name="zf5",
-        title="ZF-5",
         stages=(
             Stage(Conv(96, 7, stride=2, padding=2), (LRN("within"), MaxPool(3, 2))),
             Stage(Conv(256, 5, stride=2, padding=1), (LRN("within"), MaxPool(3, 2))),
@@ -85,7 +85,6 @@ TRUNKS: dict[str, TrunkSpec] = {
     # Convnet*-5: Krizhevsky's net with the two pools moved after conv2 and conv3.
     "convnet5": TrunkSpec(
         name="convnet5",
-        title="Convnet*-5",
         stages=(
             Stage(Conv(96, 11, stride=4, padding=2), (LRN("cross"),)),
             Stage(Conv(256, 5, padding=2), (LRN("cross"), MaxPool(3, 2))),
@@ -99,13 +98,11 @@ TRUNKS: dict[str, TrunkSpec] = {
     # Overfeat-5 with two more 512 x 3x3 layers ("conv3 to conv7 have the same structure").
     "overfeat5": TrunkSpec(
         name="overfeat5",
-        title="Overfeat-5",
         stages=(*_OVERFEAT_STEM, *(_c3(512) for _ in range(3))),
         nospp_pool=MaxPool(3, 3),
     ),
     "overfeat7": TrunkSpec(
         name="overfeat7",
-        title="Overfeat-7",
         stages=(*_OVERFEAT_STEM, *(_c3(512) for _ in range(5))),
         nospp_pool=MaxPool(3, 3),
     ),

@@ -120,11 +120,10 @@ class SppNet(nn.Module):
 
 
 def make_pool(head: Head, levels: Sequence[int] = PAPER_LEVELS, window: tuple[int, int] | None = None) -> nn.Module:
-    """The pooling layer for a head: the pyramid, or the fixed window (kernel, stride) giving 6x6 at 224."""
+    """The pooling layer for a head (checked by `registry.create`): the pyramid, or the fixed window (kernel,
+    stride) giving 6x6 at 224."""
     if head == "spp":
         return SpatialPyramidPool2d(levels)
-    if head == "nospp":
-        if window is None:
-            raise ValueError("the no-SPP head needs its pooling window (kernel, stride)")
-        return WindowPool2d(*window)
-    raise ValueError(f"unknown head {head!r}: choose 'spp' or 'nospp'")
+    if window is None:
+        raise ValueError("the no-SPP head needs its pooling window (kernel, stride)")
+    return WindowPool2d(*window)

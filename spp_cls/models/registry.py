@@ -15,15 +15,14 @@ import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from ..paper import BACKBONES, RANDOM_SIZE, TABLE2, PaperError
-from ..protocol import IMAGENET_PIXEL_STATISTICS, VARIANTS
+from ..paper import BACKBONE_TITLES, RANDOM_SIZE, TABLE2, PaperError
+from ..protocol import IMAGENET_PIXEL_STATISTICS, TRAIN_SIZES, VARIANTS
 from .backbones import TRUNKS, build_trunk, conv_map_size, feature_map_geometry, min_input_size, scaled_width
 from .init import Init, init_head, init_trunk
 from .net import Head, SppNet, make_pool
 from .spp import PAPER_LEVELS, SpatialPyramidPool2d
 
 HEADS: tuple[str, ...] = ("nospp", "spp")
-TRAIN_SIZES = (224, 180)
 # The paper subtracts the per-channel mean in 0-255 scale and does not divide by a std. In timm's [0, 1] convention
 # that is mean = ImageNet mean and std = 1/255: (x / 255 - mean) / (1 / 255) = x - 255 * mean.
 TIMM_MEAN = tuple(channel / 255 for channel in IMAGENET_PIXEL_STATISTICS.mean_rgb)
@@ -71,7 +70,7 @@ def _model_cfg(backbone: str, head: Head) -> SppModelCfg:
 
 MODEL_CFGS: dict[str, SppModelCfg] = {
     f"{backbone}_{head}": _model_cfg(backbone, head)  # type: ignore[arg-type]
-    for backbone in BACKBONES
+    for backbone in TRUNKS
     for head in HEADS
 }
 
@@ -215,7 +214,7 @@ def _timm_entrypoint(name: str) -> Callable[..., SppNet]:
 
     entrypoint.__name__ = name
     entrypoint.__qualname__ = name
-    entrypoint.__doc__ = f"{TRUNKS[cfg.backbone].title} with the {cfg.head} head (SPP-net, arXiv 1406.4729)."
+    entrypoint.__doc__ = f"{BACKBONE_TITLES[cfg.backbone]} with the {cfg.head} head (SPP-net, arXiv 1406.4729)."
     return entrypoint
 
 

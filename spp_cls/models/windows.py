@@ -4,7 +4,7 @@ Appendix A).
 The trunk runs once per image and scale; every window is mapped onto the last conv map and pooled there with the
 pyramid, and only fc6-fc8 run per window. For the 10 test views the paper reports a top-5 error within 0.1% of the
 10 image crops; for ~2,000 detection proposals per image it is what makes SPP-net 24-102x faster than R-CNN
-(Tables 9/10). The windows come from the caller (data/stream/views.py computes the test views).
+(Tables 9/10). The windows come from the caller (`spp_cls.view_protocols` computes the test views).
 
 Boxes are in pixels of the image they belong to: (x0, y0, x1, y1), the half-open box [x0, x1) x [y0, y1). A batch of
 boxes is either a (K, 5) tensor whose first column is the image's index in the batch (torchvision's convention) or a
@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_pool
 
+from ..view_protocols import ViewBox, resized_size
+
 if TYPE_CHECKING:
     from .net import SppNet
 
 Boxes = torch.Tensor | Sequence[torch.Tensor]
 Geometry = tuple[int, float]
 """(S, O): last-conv-map cell j is centred on input pixel S * j + O (see backbones.feature_map_geometry)."""
-Window = tuple[int, int, int, int, bool]
-"""(x0, y0, x1, y1, flip) in pixels of the image: the half-open box, and whether the view is mirrored."""
 WINDOW_SIZE = 224
 """Multi-scale: each window is pooled at the scale where its area is nearest WINDOW_SIZE x WINDOW_SIZE pixels."""
 
@@ -115,11 +115,10 @@ def mirror_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
 
 # ---- scales --------------------------------------------------------------------------------------------------------
 def scaled_size(image_size: tuple[int, int], shorter_side: int) -> tuple[int, int]:
-    """(height, width) of an image resized so that its shorter side is `shorter_side` (the longer one rounded)."""
-    height, width = image_size
-    if width <= height:
-        return max(shorter_side, round(height * shorter_side / width)), shorter_side
-    return shorter_side, max(shorter_side, round(width * shorter_side / height))
+    """(height, width) of an image of (height, width) `image_size` resized so that its shorter side is
+    `shorter_side`: the test views' rule, in the (height, width) order of tensor shapes."""
+    width, height = resized_size(image_size[1], image_size[0], shorter_side)
+    return height, width
 
 
 def nearest_scale(rois: torch.Tensor, image_size: tuple[int, int], scales: Sequence[int]) -> torch.Tensor:
@@ -254,7 +253,7 @@ def forward_windows(net: SppNet, images: torch.Tensor, boxes: Boxes, scales: Seq
     return net.forward_pooled(pool_windows(net, images, boxes, scales), pre_logits)
 
 
-def views_on_feature_maps(net: SppNet, images: torch.Tensor, windows: Sequence[Window]) -> torch.Tensor:
+def views_on_feature_maps(net: SppNet, images: torch.Tensor, windows: Sequence[ViewBox]) -> torch.Tensor:
     """Softmax averaged over the same `windows` of each normalised (B, 3, H, W) image: (B, num_classes).
 
     The trunk runs once on the batch and its mirror together (a flipped view is the mirrored window of the mirrored

@@ -1,6 +1,6 @@
 """Collect the outcome of finished runs: `results.json` files in run directories, or runs in a wandb project.
 
-Every run writes one `results.json` next to its checkpoints (DESIGN.md); the table is built from these files, never
+Every run writes one `results.json` next to its checkpoints (docs/layout.md); the table is built from these files, never
 from scraped logs. This module reads and checks them; it imports nothing of `spp_cls.train` nor Lightning.
 """
 from __future__ import annotations

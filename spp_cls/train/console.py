@@ -24,8 +24,12 @@ QUIET_WARNINGS: tuple[str, ...] = (
     # any machine with SLURM installed (every login node): outside an allocation a run is not meant for srun, and
     # the repo's job scripts launch with srun
     r"The `srun` command is available on your system but is not used",
+    # `spp-cls bench` times training steps only, in a Trainer with validation off
+    r"You defined a `validation_step` but have no `val_dataloader`",
 )
-"""Warnings (by the start of their message) that a user of spp-cls can do nothing about."""
+"""Warnings (by the start of their message) that a user of spp-cls can do nothing about: the one list, which
+`quiet_libraries` and `spp-cls bench`'s harness run install. Where a library has a switch for a message (the layer
+table: `enable_model_summary`; the sync_dist advice: logging with `sync_dist`), the switch is used instead."""
 
 QUIET_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
     "pytorch_lightning.utilities.rank_zero": (
@@ -38,7 +42,6 @@ QUIET_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
     ),
     "lightning_fabric.utilities.seed": (r"Seed set to ",),
     "pytorch_lightning.accelerators.cuda": (r"LOCAL_RANK: ",),
-    "pytorch_lightning.callbacks.model_summary": (r"\n",),  # the layer table; `spp-cls models` has the networks
 }
 """Lightning's log records to drop, by logger and by the start of their message."""
 

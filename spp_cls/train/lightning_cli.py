@@ -1,31 +1,42 @@
 """`spp-cls fit|validate|test`: LightningCLI over SppClassifier + ShardDataModule, with the run directory, the
 checkpoints, wandb, SLURM requeue and the results file wired in.
 
-Lightning is imported inside the functions: it takes seconds, and `spp-cls table` or `run-dir` must not pay for it.
+Only `spp-cls fit|validate|test` (and the demo) import this module, so Lightning is imported at its top; `spp-cls`
+imports it lazily and listens for SLURM's SIGUSR1 before (see `requeue_signal`).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
+import pickle
 import sys
+from argparse import ArgumentError
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from ..data.stream.datamodule import ShardDataModule
+from ..protocol import MONITOR, WANDB_PROJECT
 from . import console
+from .module import SppClassifier
+from .recorder import RunRecorder
+from .requeue import SlurmRequeue
+from .rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
 
 
 def run_lightning(argv: list[str]) -> int:
     """`spp-cls fit|validate|test ARGS`: the exit status (143 when stopped by SIGTERM)."""
-    from . import requeue_signal
-
-    if requeue_signal.under_slurm():
-        requeue_signal.listen()  # before the seconds of imports and set-up, in which SIGUSR1 would kill the task
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
     console.quiet_libraries()
 
     try:
@@ -47,20 +58,16 @@ def _finish_wandb_run() -> None:
 
 
 # ---- LightningCLI ------------------------------------------------------------------------------------------------
-def build_cli(argv: list[str], run: bool = True) -> Any:
-    """Parse `fit|validate|test` arguments and run them (imports Lightning only here: it takes seconds)."""
-    from pytorch_lightning.cli import LightningCLI
-
-    from ..data.stream.datamodule import ShardDataModule
-    from .module import SppClassifier
-
-    cli_class = _cli_class(LightningCLI)
-    return cli_class(
+def build_cli(argv: list[str], run: bool = True) -> SppCLI:
+    """Parse `fit|validate|test` arguments and run them."""
+    return SppCLI(
         SppClassifier,
         ShardDataModule,
         args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given the process's own argv
         run=run,
-        save_config_callback=_save_config_class(),
+        # a parse error raises (parse_arguments makes it one line) instead of printing the usage text and exiting
+        parser_kwargs={"exit_on_error": False, **dict.fromkeys(("fit", "validate", "test"), {"exit_on_error": False})},
+        save_config_callback=SaveConfigToRunAndWandb,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
@@ -79,6 +86,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "num_sanity_val_steps": 0,
     "benchmark": True,  # cuDNN autotuning; off when trainer.deterministic is true
     "log_every_n_steps": 50,
+    "enable_model_summary": False,  # the layer table; `spp-cls models` lists the networks
 }
 
 
@@ -118,8 +126,6 @@ def wandb_mode() -> str:
 def _checkpoints_as_data(path: Path | str | None) -> Iterator[None]:
     """Checkpoints are loaded with `weights_only=True`: a shared checkpoint holding anything but tensors and plain
     data (a pickled object could run code when loaded) is refused, in one line, before anything of it runs."""
-    import pickle
-
     try:
         yield
     except pickle.UnpicklingError as error:
@@ -132,149 +138,137 @@ class CheckpointRefused(ValueError):
     """A checkpoint that torch's `weights_only` loader refuses: one `spp-cls: error:` line, exit status 2."""
 
 
-def _save_config_class() -> type:
-    from pytorch_lightning.cli import SaveConfigCallback
-    from pytorch_lightning.loggers import WandbLogger
+class SaveConfigToRunAndWandb(SaveConfigCallback):
+    """Writes config.yaml into the run directory and uploads the whole resolved config to wandb."""
 
-    class SaveConfigToRunAndWandb(SaveConfigCallback):
-        """Writes config.yaml into the run directory and uploads the whole resolved config to wandb."""
-
-        def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
-                    if stage == "fit":  # the run's one line about wandb (test resumes the same run)
-                        print(console.wandb_location(logger.experiment), flush=True)
-
-    return SaveConfigToRunAndWandb
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+                if stage == "fit":  # the run's one line about wandb (test resumes the same run)
+                    print(console.wandb_location(logger.experiment), flush=True)
 
 
-def _cli_class(base: type) -> type:
-    import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
-    from pytorch_lightning.loggers import WandbLogger
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
-    from pytorch_lightning.utilities import rank_zero_info
+class SppCLI(LightningCLI):
+    """LightningCLI with the run directory: where checkpoints, config, summary, results and the wandb run live."""
 
-    from ..protocol import MONITOR, WANDB_PROJECT
-    from .recorder import RunRecorder
-    from .requeue import SlurmRequeue
-    from .rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """As LightningCLI, but a bad option or config key is one `error:` line, not the whole usage text (the
+        parsers raise instead of printing it: `exit_on_error=False` in `build_cli`)."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            print(f"spp-cls: error: {' '.join(line.strip() for line in str(error).splitlines())}", file=sys.stderr)
+            raise SystemExit(2) from None
 
-    class SppCLI(base):  # type: ignore[misc, valid-type]
-        def parse_arguments(self, parser: Any, args: Any) -> None:
-            """As LightningCLI, but a bad option or config key is one `error:` line, not the whole usage text."""
-            captured = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(captured):
-                    super().parse_arguments(parser, args)
-            except SystemExit as exit_:
-                errors = [line for line in captured.getvalue().splitlines() if line.startswith("error:")]
-                sys.stderr.write(f"spp-cls: {errors[-1]}\n" if exit_.code and errors else captured.getvalue())
-                raise
-            sys.stderr.write(captured.getvalue())
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", default="default",
+                            help="experiment name: the wandb group and the folder under runs_dir")
+        parser.add_argument("--runs_dir", default="runs", help="where run directories are made")
+        parser.add_argument("--wandb", type=bool, default=True,
+                            help="log to wandb (offline unless logged in or WANDB_MODE says otherwise)")
+        # One seed per run: `--seed_everything N` seeds the weights (Lightning), the data order and crops
+        # (data.seed) and the size schedule and augmentation (model.seed), and names the run's directory.
+        parser.link_arguments("seed_everything", "model.seed", compute_fn=run_seed, apply_on="parse")
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=run_seed, apply_on="parse")
+        parser.link_arguments("data", "model.num_classes", compute_fn=lambda data: data.num_classes,
+                              apply_on="instantiate")
+        parser.link_arguments("data", "model.pixel_statistics", compute_fn=lambda data: data.pixel_statistics,
+                              apply_on="instantiate")
+        parser.link_arguments("data.test_views", "model.test_views")  # the module scores what the data yields
 
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_argument("--experiment", default="default",
-                                help="experiment name: the wandb group and the folder under runs_dir")
-            parser.add_argument("--runs_dir", default="runs", help="where run directories are made")
-            parser.add_argument("--wandb", type=bool, default=True,
-                                help="log to wandb (offline unless logged in or WANDB_MODE says otherwise)")
-            # One seed per run: `--seed_everything N` seeds the weights (Lightning), the data order and crops
-            # (data.seed) and the size schedule and augmentation (model.seed), and names the run's directory.
-            parser.link_arguments("seed_everything", "model.seed", compute_fn=run_seed, apply_on="parse")
-            parser.link_arguments("seed_everything", "data.seed", compute_fn=run_seed, apply_on="parse")
-            parser.link_arguments("data", "model.num_classes", compute_fn=lambda data: data.num_classes,
-                                  apply_on="instantiate")
-            parser.link_arguments("data", "model.pixel_statistics", compute_fn=lambda data: data.pixel_statistics,
-                                  apply_on="instantiate")
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the hyperparameters of a `--ckpt_path` file before anything else runs."""
+        subcommand = self.config.get("subcommand")
+        with _checkpoints_as_data(self.config[subcommand].get("ckpt_path") if subcommand else None):
+            super()._parse_ckpt_path()
 
-        def _parse_ckpt_path(self) -> None:
-            """LightningCLI reads the hyperparameters of a `--ckpt_path` file before anything else runs."""
-            subcommand = self.config.get("subcommand")
-            with _checkpoints_as_data(self.config[subcommand].get("ckpt_path") if subcommand else None):
-                super()._parse_ckpt_path()
+    @property
+    def run_config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
 
-        @property
-        def run_config(self) -> Any:
-            return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+    @property
+    def run_dir(self) -> Path:
+        return run_dir(self.run_config.runs_dir, self.run_config.experiment, self.model.run_name)
 
-        @property
-        def run_dir(self) -> Path:
-            return run_dir(self.run_config.runs_dir, self.run_config.experiment, self.model.run_name)
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        directory = self.run_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        trainer_config = self.run_config.as_dict().get("trainer", {})
+        kwargs["default_root_dir"] = str(directory)
+        if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):
+            # cuDNN autotuning (on by default here) picks kernels by timing, so it would undo the determinism asked
+            kwargs["benchmark"] = False
+        if SLURMEnvironment.detect() and not trainer_config.get("plugins"):
+            kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]  # its requeue can hang DDP
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = self.run_logger(directory)
+        kwargs["callbacks"] = self.run_callbacks(directory, trainer_config)
+        return super().instantiate_trainer(**kwargs)
 
-        def instantiate_trainer(self, **kwargs: Any) -> Any:
-            directory = self.run_dir
-            directory.mkdir(parents=True, exist_ok=True)
-            config = self.run_config.as_dict()
-            trainer_config = config.get("trainer", {})
-            callbacks = [
-                # The epoch's summary.csv row is written before its checkpoints (Lightning keeps the order of
-                # checkpoint-like callbacks): a run stopped between the two then repeats that epoch and replaces its
-                # row, where the other order would resume past an epoch whose row was never written.
-                RunRecorder(directory, self.run_config.experiment, config_hash(config)),
-                # best.ckpt by val top-1 error, and last.ckpt after every epoch (the file `fit` resumes from)
-                ModelCheckpoint(dirpath=directory, filename="best", monitor=MONITOR, mode="min", save_top_k=1,
-                                auto_insert_metric_name=False, enable_version_counter=False,
-                                save_on_train_epoch_end=True),
-                ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False,
-                                save_on_train_epoch_end=True),
-            ]
-            kwargs["default_root_dir"] = str(directory)
-            if trainer_config.get("deterministic") is True and trainer_config.get("benchmark"):
-                # cuDNN autotuning (on by default here) picks kernels by timing, so it would undo the determinism asked
-                kwargs["benchmark"] = False
-            if SLURMEnvironment.detect():
-                if not trainer_config.get("plugins"):
-                    kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]  # its requeue can hang DDP
-                callbacks.append(SlurmRequeue())  # SIGUSR1 in fit, validate or test requeues the job
-            if not self.run_config.wandb and trainer_config.get("logger") in (None, True):
-                kwargs["logger"] = False  # no wandb asked for: no default logger folders in the run directory either
-            elif self.run_config.wandb and trainer_config.get("logger") in (None, True):
-                hp = self.model.hparams
-                kwargs["logger"] = WandbLogger(
-                    project=WANDB_PROJECT,
-                    group=self.run_config.experiment,
-                    name=self.model.run_name,
-                    id=wandb_run_id(directory),
-                    resume="allow",
-                    save_dir=str(directory),
-                    mode=wandb_mode(),
-                    tags=[hp.backbone, self.model.variant, self.run_config.experiment, f"seed{hp.seed}"],
-                    job_type=self.subcommand,
-                )
-            extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-            extra = extra if isinstance(extra, list) else [extra]
-            on_accelerator = trainer_config.get("accelerator") != "cpu" and torch.cuda.is_available()
-            if on_accelerator and trainer_config.get("enable_progress_bar") is not False and not any(
-                    isinstance(callback, ProgressBar) for callback in extra):
-                # Each refresh of the bar reads the logged loss with .item(): a device sync that keeps the CPU from
-                # queuing the next step while the GPU works. Lightning's default refreshes every step (kept on CPU).
-                callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
-            kwargs["callbacks"] = [*extra, *callbacks]
-            return super().instantiate_trainer(**kwargs)
+    def run_callbacks(self, directory: Path, trainer_config: dict[str, Any]) -> list[Callback]:
+        """trainer.callbacks from the config, then the run's: recorder, checkpoints, requeue, progress bar."""
+        extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        extra = extra if isinstance(extra, list) else [extra]
+        callbacks: list[Callback] = [
+            # The epoch's summary.csv row is written before its checkpoints (Lightning keeps the order of
+            # checkpoint-like callbacks): a run stopped between the two then repeats that epoch and replaces its
+            # row, where the other order would resume past an epoch whose row was never written.
+            RunRecorder(directory, self.run_config.experiment, config_hash(self.run_config.as_dict())),
+            # best.ckpt by val top-1 error, and last.ckpt after every epoch (the file `fit` resumes from)
+            ModelCheckpoint(dirpath=directory, filename="best", monitor=MONITOR, mode="min", save_top_k=1,
+                            auto_insert_metric_name=False, enable_version_counter=False,
+                            save_on_train_epoch_end=True),
+            ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False,
+                            save_on_train_epoch_end=True),
+        ]
+        if SLURMEnvironment.detect():
+            callbacks.append(SlurmRequeue())  # SIGUSR1 in fit, validate or test requeues the job
+        on_accelerator = trainer_config.get("accelerator") != "cpu" and torch.cuda.is_available()
+        if on_accelerator and trainer_config.get("enable_progress_bar") is not False and not any(
+                isinstance(callback, ProgressBar) for callback in extra):
+            # Each refresh of the bar reads the logged loss with .item(): a device sync that keeps the CPU from
+            # queuing the next step while the GPU works. Lightning's default refreshes every step (kept on CPU).
+            callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+        return [*extra, *callbacks]
 
-        def fit(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            path = named_checkpoint(self.run_dir, ckpt_path) if ckpt_path else resume_checkpoint(self.run_dir)
-            rank_zero_info(f"spp-cls: run directory {self.run_dir}; " +
-                           (f"resuming from {path}" if path else "starting fresh"))
-            with _checkpoints_as_data(path):
-                self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
+    def run_logger(self, directory: Path) -> Logger | bool:
+        """The run's wandb logger (its id kept in the run directory, so a requeued job continues the same run), or
+        False without wandb: then no default logger folders in the run directory either."""
+        if not self.run_config.wandb:
+            return False
+        return WandbLogger(
+            project=WANDB_PROJECT,
+            group=self.run_config.experiment,
+            name=self.model.run_name,
+            id=wandb_run_id(directory),
+            resume="allow",
+            save_dir=str(directory),
+            mode=wandb_mode(),
+            tags=[self.model.hparams.backbone, self.model.variant, self.run_config.experiment,
+                  f"seed{self.model.hparams.seed}"],
+            job_type=self.subcommand,
+        )
 
-        def validate(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            path = self._eval_checkpoint(ckpt_path)
-            with _checkpoints_as_data(path):
-                self.trainer.validate(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
+    def fit(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
+        path = named_checkpoint(self.run_dir, ckpt_path) if ckpt_path else resume_checkpoint(self.run_dir)
+        rank_zero_info(f"spp-cls: run directory {self.run_dir}; " +
+                       (f"resuming from {path}" if path else "starting fresh"))
+        with _checkpoints_as_data(path):
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
 
-        def test(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-            path = self._eval_checkpoint(ckpt_path)
-            with _checkpoints_as_data(path):
-                self.trainer.test(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
+    def validate(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
+        path = self._eval_checkpoint(ckpt_path)
+        with _checkpoints_as_data(path):
+            self.trainer.validate(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
 
-        def _eval_checkpoint(self, ckpt_path: str | None) -> Path:
-            path = named_checkpoint(self.run_dir, ckpt_path or "last")
-            assert path is not None
-            rank_zero_info(f"spp-cls: evaluating {path}")
-            return path
+    def test(self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any) -> None:
+        path = self._eval_checkpoint(ckpt_path)
+        with _checkpoints_as_data(path):
+            self.trainer.test(model, datamodule=datamodule, ckpt_path=path, **{**kwargs, "weights_only": True})
 
-    return SppCLI
+    def _eval_checkpoint(self, ckpt_path: str | None) -> Path:
+        path = named_checkpoint(self.run_dir, ckpt_path or "last")
+        assert path is not None
+        rank_zero_info(f"spp-cls: evaluating {path}")
+        return path

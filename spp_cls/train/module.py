@@ -2,9 +2,7 @@
 SGD with a plateau (or milestone) schedule, and the epoch's training size from the size schedule."""
 from __future__ import annotations
 
-import re
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -13,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from ..data.stream.pipeline import EvalBatch
-from ..data.stream.views import ten_view_boxes
 from ..models import PAPER_LEVELS, create
 from ..models.init import Init
 from ..models.net import Head
@@ -30,27 +27,23 @@ from ..protocol import (
     TRAIN_IMAGES_PER_S,
     TRAIN_LOSS,
     TRAIN_SIZE,
+    TRAIN_SIZES,
     PixelStatistics,
     SizeSchedule,
+    TestViews,
     images_metric,
     run_name,
     top1_metric,
     top5_metric,
     variant_name,
 )
+from ..view_protocols import view_protocol
 from .augment import InputTransform
 from .metrics import PerImageTopK, TopKErrorSums
 from .schedule import train_size
 
 LrSchedule = Literal["plateau", "milestones"]
 LrScheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
-REDUCED_EPOCH_VALUES = (TRAIN_EPOCH_LOSS, TRAIN_SIZE, TRAIN_IMAGES_PER_S, LR, *(
-    metric(stage) for stage in ("val", "test") for metric in (top1_metric, top5_metric, images_metric)))
-"""Epoch values this module sums over all ranks itself before logging them."""
-# Lightning's warning for an epoch-level value logged without sync_dist under DDP, for those keys
-SYNC_DIST_ADVICE_FOR_REDUCED_VALUES = (
-    r"It is recommended to use `self\.log\('(" + "|".join(re.escape(key) for key in REDUCED_EPOCH_VALUES) + ")'"
-)
 
 
 class SppClassifier(pl.LightningModule):
@@ -76,6 +69,8 @@ class SppClassifier(pl.LightningModule):
         compile: torch.compile the network (static shapes: one graph per training size).
         pixel_statistics: the training set's mean and PCA, set from the train manifest by the CLI (ImageNet's when
             None).
+        test_views: the test protocol (`view_protocols.VIEW_PROTOCOLS`), set from the datamodule's by the CLI: how
+            `test_step` scores the views the datamodule yields.
     """
 
     def __init__(
@@ -88,7 +83,7 @@ class SppClassifier(pl.LightningModule):
             levels: Sequence[int] = PAPER_LEVELS,
             dropout: float = 0.5,
             size_schedule: SizeSchedule = DEFAULT_SIZE_SCHEDULE,
-            train_sizes: tuple[int, int] = (224, 180),
+            train_sizes: tuple[int, int] = TRAIN_SIZES,
             seed: int = 0,
             lr: float = 0.01,
             reference_batch: int = 128,
@@ -103,10 +98,13 @@ class SppClassifier(pl.LightningModule):
             channels_last: bool = False,
             compile: bool = False,
             pixel_statistics: PixelStatistics | None = None,
+            test_views: TestViews = "tenview",
     ) -> None:
         super().__init__()
-        # the statistics travel in the checkpoint as the input transform's buffers
-        self.save_hyperparameters(ignore=["pixel_statistics"])
+        # the statistics travel in the checkpoint as the input transform's buffers; the test protocol is the
+        # datamodule's, given anew to every run, not a property of the trained network
+        self.save_hyperparameters(ignore=["pixel_statistics", "test_views"])
+        self.test_protocol = view_protocol(test_views)
         self.variant = variant_name(head, size_schedule)
         self.net = create(backbone, head=head, num_classes=num_classes, width=width, init=init, levels=levels,
                           dropout=dropout)
@@ -155,11 +153,6 @@ class SppClassifier(pl.LightningModule):
         """Cross-entropy of a training batch of uint8 224 crops at input side `size` (resize and colour noise on)."""
         return F.cross_entropy(self(images, size=size, train=True), labels)
 
-    def setup(self, stage: str) -> None:
-        # The epoch values of on_train_epoch_end and _log_errors are summed over all ranks here before they are
-        # logged; Lightning's advice to add sync_dist=True (a second, averaging reduction) does not apply to them.
-        warnings.filterwarnings("ignore", message=SYNC_DIST_ADVICE_FOR_REDUCED_VALUES, category=UserWarning)
-
     # ---- training -----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._begin_epoch()
@@ -195,12 +188,11 @@ class SppClassifier(pl.LightningModule):
         self.train_time_s += elapsed
         self.train_images += images
         self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log_dict({
-            TRAIN_EPOCH_LOSS: loss_sum / max(count, 1),
-            TRAIN_SIZE: float(self._epoch_size),
-            TRAIN_IMAGES_PER_S: images / elapsed if elapsed > 0 else 0.0,
-            LR: self.epoch_lr,
-        })
+        # Reduced above, so every rank holds the same values: Lightning's sync with "max" keeps them as they are
+        self.log_dict({TRAIN_EPOCH_LOSS: loss_sum / max(count, 1), TRAIN_SIZE: float(self._epoch_size),
+                       LR: self.epoch_lr}, sync_dist=True, reduce_fx="max")
+        # each rank timed its own part of the epoch: the slowest sets the pace of the whole
+        self.log(TRAIN_IMAGES_PER_S, images / elapsed if elapsed > 0 else 0.0, sync_dist=True, reduce_fx="min")
         self.step_lr_schedule()
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
@@ -219,10 +211,10 @@ class SppClassifier(pl.LightningModule):
         self.test_outcomes = None
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        if getattr(self.trainer.datamodule, "test_views", None) == "tenview_fmap":
-            probabilities = self.tenview_fmap_scores(batch.views[:, 0])
-        else:
+        if self.test_protocol.feature_map_windows is None:
             probabilities = self.view_scores(batch.views)
+        else:
+            probabilities = self.feature_map_scores(batch.views[:, 0], self.test_protocol.name)
         self.eval_sums.update(probabilities, batch.labels, batch.valid)
         self.test_topk.update(probabilities, batch.labels, batch.valid, batch.keys)
 
@@ -232,9 +224,13 @@ class SppClassifier(pl.LightningModule):
         logits = self(views.flatten(0, 1))
         return logits.float().softmax(dim=1).view(batch_size, num_views, -1).mean(dim=1)
 
-    def tenview_fmap_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """The standard 10 views on the conv maps of uint8 (B, 3, H, W) images at s=256: (B, num_classes)."""
-        windows = ten_view_boxes(images.shape[-1], images.shape[-2])
+    def feature_map_scores(self, images: torch.Tensor, protocol: str = "tenview_fmap") -> torch.Tensor:
+        """The protocol's windows pooled on the conv maps of uint8 (B, 3, H, W) images (tenview_fmap: the standard
+        10 views of the s=256 images), softmax averaged: (B, num_classes)."""
+        windows_of = view_protocol(protocol).feature_map_windows
+        if windows_of is None:
+            raise ValueError(f"test protocol {protocol!r} classifies views, not windows on the conv maps")
+        windows = windows_of(images.shape[-1], images.shape[-2])
         return views_on_feature_maps(self.net, self.normalise(images), windows)
 
     def on_test_epoch_end(self) -> None:
@@ -250,8 +246,9 @@ class SppClassifier(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         self._check_count(stage, count)
+        # sums of all ranks already: the same values on every rank, which Lightning's sync with "max" keeps
         self.log_dict({top1_metric(prefix): top1, top5_metric(prefix): top5, images_metric(prefix): float(count)},
-                      sync_dist=False)
+                      sync_dist=True, reduce_fx="max")
 
     def _check_count(self, stage: str, count: int) -> None:
         """Fail loudly if an evaluation did not see every image exactly once (unless batches were limited)."""

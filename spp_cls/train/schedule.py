@@ -8,12 +8,12 @@ from __future__ import annotations
 import random
 from typing import get_args
 
-from ..protocol import SizeSchedule
+from ..protocol import TRAIN_SIZES, SizeSchedule
 
 SIZE_SCHEDULES: tuple[str, ...] = get_args(SizeSchedule)
 
 
-def train_size(schedule: SizeSchedule, epoch: int, seed: int = 0, sizes: tuple[int, int] = (224, 180)) -> int:
+def train_size(schedule: SizeSchedule, epoch: int, seed: int = 0, sizes: tuple[int, int] = TRAIN_SIZES) -> int:
     """Input side for `epoch` (0-based).
 
     fixed: always sizes[0]. alternate: sizes[0] on even epochs (epoch 0 included), sizes[1] on odd ones, the paper's

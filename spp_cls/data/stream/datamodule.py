@@ -1,6 +1,6 @@
 """`ShardDataModule`: the LightningDataModule over the webdataset shards written by `spp-cls shards`.
 
-Batches (all uint8 images, see DESIGN.md conventions):
+Batches (all uint8 images; docs/data.md, "What the data hands the model"):
 - train: ``(images [B, 3, 224, 224], labels int64 [B])``, B = ``batch_size`` per rank. With ``decode="device"``
   the loader yields a :class:`~spp_cls.data.stream.jpeg_batch.JpegBatch` (the same B samples and windows, still
   JPEG-encoded) and this module's ``on_after_batch_transfer`` hook turns it into that pair on the training device
@@ -53,16 +53,9 @@ from spp_cls.data.stream.eval_shards import EvalAssignment, eval_assignment, eva
 from spp_cls.data.stream.jpeg_batch import JpegBatch, JpegTrainStream
 from spp_cls.data.stream.nvimgcodec_decode import DECODE_BACKENDS, BatchDecoder, DecodeBackend, load_nvimgcodec
 from spp_cls.data.stream.pipeline import TRAIN_CROPS, EvalBatch, EvalStream, TrainCrop, TrainStream
-from spp_cls.data.stream.views import (
-    CROP,
-    TEST_SHORTER_SIDE,
-    VIEW_COUNTS,
-    WHOLE_IMAGE_VIEWS,
-    TestViews,
-    center_view,
-    stacked_views,
-)
-from spp_cls.protocol import PixelStatistics
+from spp_cls.data.stream.views import center_view, stacked_views
+from spp_cls.protocol import PixelStatistics, TestViews
+from spp_cls.view_protocols import CROP, TEST_SHORTER_SIDE, view_protocol
 
 EvalStage = Literal["validate", "test"]
 Decode = Literal["cpu", "device"]
@@ -160,8 +153,7 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"worker counts must be >= 0, got {num_workers} and {eval_workers}")
         if train_crop not in TRAIN_CROPS:
             raise ValueError(f"unknown train_crop {train_crop!r}; known: {', '.join(TRAIN_CROPS)}")
-        if test_views not in VIEW_COUNTS:
-            raise ValueError(f"unknown test_views {test_views!r}; known: {', '.join(VIEW_COUNTS)}")
+        view_protocol(test_views)  # an unknown name: one error now
         if decode not in DECODES:
             raise ValueError(f"unknown decode {decode!r}; known: {', '.join(DECODES)}")
         if decode_backend not in DECODE_BACKENDS:
@@ -251,11 +243,12 @@ class ShardDataModule(pl.LightningDataModule):
 
     def eval_batch_size_for(self, stage: EvalStage) -> int:
         """Images per validation or test batch (see ``eval_batch_size``)."""
-        if stage == "test" and self.test_views in WHOLE_IMAGE_VIEWS:
+        protocol = view_protocol(self.test_views)
+        if stage == "test" and protocol.whole_image:
             return 1
         if self.eval_batch_size is not None:
             return self.eval_batch_size
-        return self.batch_size if stage == "validate" else max(1, self.batch_size // VIEW_COUNTS[self.test_views])
+        return self.batch_size if stage == "validate" else max(1, self.batch_size // protocol.views_per_image)
 
     def eval_batches_per_rank(self, stage: EvalStage, world_size: int | None = None) -> int:
         """Batches every rank yields in a validation/test pass (padded to the busiest rank)."""
@@ -356,10 +349,10 @@ class ShardDataModule(pl.LightningDataModule):
         """One masked sample shaped like a real batch of ``stage`` (labels 0, valid False)."""
         if stage == "validate":
             images = torch.zeros(1, 3, CROP, CROP, dtype=torch.uint8)
-        elif self.test_views in WHOLE_IMAGE_VIEWS:
+        elif view_protocol(self.test_views).whole_image:
             images = torch.zeros(1, 1, 3, TEST_SHORTER_SIDE, TEST_SHORTER_SIDE, dtype=torch.uint8)
         else:
-            images = torch.zeros(1, VIEW_COUNTS[self.test_views], 3, CROP, CROP, dtype=torch.uint8)
+            images = torch.zeros(1, view_protocol(self.test_views).views_per_image, 3, CROP, CROP, dtype=torch.uint8)
         return EvalBatch(images, torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.bool), [""])
 
 

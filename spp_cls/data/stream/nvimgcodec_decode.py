@@ -49,7 +49,7 @@ import torch
 
 from spp_cls.data.stream.jpeg_batch import JpegBatch
 from spp_cls.data.stream.pipeline import CorruptSample, TooManyCorruptSamples, decode_rgb
-from spp_cls.data.stream.views import CROP
+from spp_cls.view_protocols import CROP
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ webdataset shards (train: endless, resampled, shuffled; eval: each image exactly
 are counted as :mod:`spp_cls.data.stream.corrupt` says.
 
 Everything here works on uint8 tensors; normalisation, colour noise and resizing to the epoch's size happen on the
-device (see DESIGN.md). Only the ``jpg`` and ``cls`` members of a sample are ever read; nothing is unpickled, and the
-``json`` member is skipped at the tar level.
+device (docs/data.md, "What the data hands the model"). Only the ``jpg`` and ``cls`` members of a sample are ever
+read; nothing is unpickled, and the ``json`` member is skipped at the tar level.
 
 Seeds (two-seed scheme): the shard order is a pure function of (seed, epoch), the same on every rank, and the
 global worker ``rank * workers + worker`` takes every ``world_size * workers``-th shard of it; the shuffle buffer
@@ -29,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from spp_cls.data.stream.corrupt import CorruptTally, MissingSamples, TooManyCorruptSamples
 from spp_cls.data.stream.eval_shards import ShardSlice
-from spp_cls.data.stream.views import CROP, five_positions
+from spp_cls.view_protocols import CROP, five_positions
 
 # NOTE: torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call; the decoder
 # still works and is what this pipeline is measured with. Silence exactly that message, once, here.
@@ -41,7 +41,6 @@ warnings.filterwarnings(
 log = logging.getLogger(__name__)
 
 TrainCrop = Literal["five", "random"]
-TRAIN_CROPS = ("five", "random")
 SAMPLE_MEMBERS = (".jpg", ".cls")
 
 
@@ -86,6 +85,21 @@ def read_sample(sample: dict[str, Any], num_classes: int) -> tuple[torch.Tensor,
     return decode_rgb(jpeg), label
 
 
+def _five_positions(width: int, height: int, crop: int, rng: random.Random) -> tuple[int, int]:
+    return rng.choice(five_positions(width, height, crop))
+
+
+def _random_position(width: int, height: int, crop: int, rng: random.Random) -> tuple[int, int]:
+    return rng.randint(0, width - crop), rng.randint(0, height - crop)
+
+
+TRAIN_CROPS: dict[str, Callable[[int, int, int, random.Random], tuple[int, int]]] = {
+    "five": _five_positions,
+    "random": _random_position,
+}
+"""The top-left corner of a train crop, per `data.train_crop` (checked against these names by the datamodule)."""
+
+
 def crop_window(width: int, height: int, rng: random.Random, mode: TrainCrop = "five",
                 crop: int = CROP) -> tuple[int, int, bool]:
     """The random draws of the paper's training view of a ``width`` x ``height`` image: ``(x0, y0, flip)``.
@@ -96,12 +110,7 @@ def crop_window(width: int, height: int, rng: random.Random, mode: TrainCrop = "
     """
     if width < crop or height < crop:
         raise CorruptSample(f"image {width}x{height} is smaller than the {crop} crop")
-    if mode == "five":
-        x0, y0 = rng.choice(five_positions(width, height, crop))
-    elif mode == "random":
-        x0, y0 = rng.randint(0, width - crop), rng.randint(0, height - crop)
-    else:
-        raise ValueError(f"unknown train crop {mode!r}; known: {', '.join(TRAIN_CROPS)}")
+    x0, y0 = TRAIN_CROPS[mode](width, height, crop, rng)
     return x0, y0, rng.random() < 0.5
 
 
@@ -274,8 +283,6 @@ class TrainStream(IterableDataset):
             shuffle_buffer: int = 2000,
     ) -> None:
         super().__init__()
-        if crop_mode not in TRAIN_CROPS:
-            raise ValueError(f"unknown train crop {crop_mode!r}; known: {', '.join(TRAIN_CROPS)}")
         if not shard_paths:
             raise ValueError("no training shards to stream")
         if len(shard_counts) != len(shard_paths):
