@@ -130,9 +130,8 @@ def _run_dir(argv: list[str]) -> int:
     """Print the run directory of a config without importing Lightning (job scripts use it to skip finished cells)."""
     import argparse
 
-    from .protocol import config_run_name
+    from .protocol import config_run_name, run_seed
     from .train.config_file import read_config, section
-    from .train.lightning_cli import run_seed
     from .train.rundir import run_dir
 
     parser = argparse.ArgumentParser(prog="spp-cls run-dir")

@@ -60,6 +60,14 @@ def run_name(backbone: str, variant: str, seed: int = 0) -> str:
     return f"{backbone}-{variant}" + (f"{SEED_SUFFIX}{seed}" if seed else "")
 
 
+def run_seed(seed_everything: Any) -> int:
+    """The run's seed: `seed_everything` as a whole number (a random seed would give every restart another run)."""
+    if type(seed_everything) is not int or seed_everything < 0:
+        raise ValueError(f"seed_everything must be a whole number >= 0 (it names the run and its data order), "
+                         f"got {seed_everything!r}")
+    return seed_everything
+
+
 def split_run_name(name: str) -> tuple[str, str, int] | None:
     """(backbone, variant, seed) of a run name made by `run_name`, or None for a name of another form."""
     stem, suffix, seed = name.rpartition(SEED_SUFFIX)

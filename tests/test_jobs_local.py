@@ -106,3 +106,27 @@ def test_table1_sh_survives_ctrl_c_resumes_prints_the_table_and_skips_finished_c
     assert process.returncode == 0, output
     assert sorted(re.findall(r"(zf5_\w+): done before \(results.json exists\), skipped", output)) == sorted(CELLS)
     assert " fit on GPUs" not in output and "35.99" in output
+
+
+def test_the_job_scripts_run_every_cell_once_per_seed_and_skip_each_finished_seed(tmp_path):
+    """SPP_CLS_SEEDS as table1.sbatch's array and table1.sh's slots read it: every cell with each seed, the seeds'
+    cells one after another; a seed's run is done when its own run directory holds results.json."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SPP_CLS_CELLS": "zf5_nospp zf5_spp_multi", "SPP_CLS_RUNS": str(tmp_path), "SPP_CLS_EXPERIMENT": "t"}
+
+    def bash(line: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f"set -euo pipefail; source jobs/slurm/common.sh; {line}"], cwd=REPO,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60, check=False)
+
+    assert bash("spp_table_runs").stdout.splitlines() == [
+        "configs/table1/zf5_nospp.yaml 0", "configs/table1/zf5_spp_multi.yaml 0"]  # one seed, 0, by default
+    assert bash("spp_table_runs", SPP_CLS_SEEDS="0,2").stdout.splitlines() == [
+        "configs/table1/zf5_nospp.yaml 0", "configs/table1/zf5_spp_multi.yaml 0",
+        "configs/table1/zf5_nospp.yaml 2", "configs/table1/zf5_spp_multi.yaml 2"]
+    bad = bash("spp_table_runs", SPP_CLS_SEEDS="0,one")
+    assert bad.returncode == 2 and "SPP_CLS_SEEDS=0,one: 'one' is not a whole number" in bad.stderr
+
+    (tmp_path / "t" / "zf5-nospp-seed2").mkdir(parents=True)
+    (tmp_path / "t" / "zf5-nospp-seed2" / "results.json").write_text("{}")
+    done = bash("for s in 0 2; do spp_cell_done configs/table1/zf5_nospp.yaml $s && echo $s done || echo $s todo; done")
+    assert done.stdout.splitlines() == ["0 todo", "2 done"], done.stderr

@@ -13,8 +13,9 @@
 #   SPP_CLS_GPUS_PER_RUN   GPUs per run (--trainer.devices)                default: min(GPUS, 8), as the configs
 #   SPP_CLS_CELLS          the cells, e.g. "zf5_nospp zf5_spp_multi"       default: the 12 (configs/table1/)
 #   SPP_CLS_RANDOM_SIZE=1  adds Overfeat-7 random-size to the 12
+#   SPP_CLS_SEEDS          seeds, e.g. 0,1,2: every cell once per seed     default: 0
 #   SPP_CLS_EXTRA_ARGS     overrides for every fit and test, whitespace-separated (not ones that move the run
-#                          directory: backbone, head, size schedule, runs_dir, experiment)
+#                          directory: backbone, head, size schedule, runs_dir, experiment, seed)
 #   SPP_CLS_VENV / SPP_CLS_MODULES / SPP_CLS_SETUP   how to get spp-cls on PATH     default: .venv if present
 #
 # Concurrent runs get disjoint GPUs through CUDA_VISIBLE_DEVICES (a subset of the one you set, if you set one).
@@ -50,8 +51,8 @@ slots=$((gpus / per_run))
 export SPP_CLS_EXPERIMENT=${SPP_CLS_EXPERIMENT:-table1}
 export SPP_CLS_RUNS=${SPP_CLS_RUNS:-runs}
 spp_activate
-cells=$(spp_table_cells)
-mapfile -t configs <<<"$cells"
+runs=$(spp_table_runs)
+mapfile -t table_runs <<<"$runs"
 state=$(mktemp -d)  # claimed/ (one entry per cell taken by a slot), failed (cells that failed)
 trap 'rm -rf "$state"' EXIT
 mkdir "$state/claimed"
@@ -62,20 +63,23 @@ extra=(${SPP_CLS_EXTRA_ARGS:-})
 # step NAME CONFIG DEVICES LOG: spp-cls NAME for the cell on DEVICES, output appended to LOG.
 step() {
     local args=(--config "$2" --runs_dir "$SPP_CLS_RUNS" --experiment "$SPP_CLS_EXPERIMENT"
-                --trainer.devices "$per_run")
+                --trainer.devices "$per_run" --seed_everything "$5")
     [[ -n ${SPP_CLS_DATA:-} ]] && args+=(--data.root "$SPP_CLS_DATA")
-    echo "==== table1.sh $(date -Is): spp-cls $1 on CUDA devices $3" >>"$4"
+    echo "==== table1.sh $(date -Is): spp-cls $1 (seed $5) on CUDA devices $3" >>"$4"
     CUDA_VISIBLE_DEVICES=$3 spp-cls "$1" "${args[@]}" "${extra[@]}" </dev/null >>"$4" 2>&1
 }
 
 slot() {
-    local devices=$1 stop=0 config cell run_dir log status
+    local devices=$1 stop=0 run config seed cell run_dir log status
     trap 'stop=1' INT TERM  # the running spp-cls gets the same SIGINT and stops; this slot then stops too
-    for config in "${configs[@]}"; do
+    for run in "${table_runs[@]}"; do
+        read -r config seed <<<"$run"
         cell=$(basename "$config" .yaml)
+        ((seed)) && cell+="-seed$seed"
         mkdir "$state/claimed/$cell" 2>/dev/null || continue  # another slot has it
         ((stop)) && return 0
-        if ! run_dir=$(spp-cls run-dir --config "$config" --runs_dir "$SPP_CLS_RUNS" --experiment "$SPP_CLS_EXPERIMENT")
+        if ! run_dir=$(spp-cls run-dir --config "$config" --runs_dir "$SPP_CLS_RUNS" --experiment "$SPP_CLS_EXPERIMENT" \
+                                       --seed_everything "$seed")
         then
             echo "$cell" >>"$state/failed"
             continue
@@ -89,7 +93,7 @@ slot() {
         for name in fit test; do
             say "$cell: $name on GPUs $devices (log: $log)"
             status=0
-            step "$name" "$config" "$devices" "$log" || status=$?
+            step "$name" "$config" "$devices" "$log" "$seed" || status=$?
             ((stop)) && return 0
             if ((status != 0)); then
                 say "$cell: $name FAILED (exit $status), see $log"
@@ -103,7 +107,7 @@ slot() {
 }
 
 # ---- run the slots, each in its own process group so that Ctrl-C reaches them only through the trap below -------
-say "${#configs[@]} cell(s), $slots at a time, $per_run GPU(s) each; runs in $SPP_CLS_RUNS/$SPP_CLS_EXPERIMENT"
+say "${#table_runs[@]} run(s), $slots at a time, $per_run GPU(s) each; runs in $SPP_CLS_RUNS/$SPP_CLS_EXPERIMENT"
 slot_pids=()
 interrupted=0
 # forward SIGINT: Lightning stops at once on KeyboardInterrupt (on SIGTERM it would finish the epoch first)

@@ -11,6 +11,8 @@
 #   SPP_CLS_MODULES        environment modules to load first, e.g. "cuda/12.4 nccl"             default: none
 #   SPP_CLS_SETUP          any shell line to run first, e.g. "source ~/miniforge/bin/activate spp"  default: none
 #   SPP_CLS_EXTRA_ARGS     overrides added to every fit and test, whitespace-separated         default: none
+#   SPP_CLS_SEEDS          seeds to train every cell with, e.g. 0,1,2 (each its own run:       default: 0
+#                          <backbone>-<variant>-seed<N>; the table averages them)
 #   SPP_CLS_WORKERS        data loader workers per task        default: SLURM_CPUS_PER_TASK - 1 (one CPU is left to
 #                                                               the training process itself)
 #   SPP_CLS_REPO           the spp-cls checkout                             default: where sbatch was called from
@@ -127,12 +129,36 @@ spp_run_cell() {
     spp_step spp-cls test "${args[@]}"
 }
 
-# spp_cell_done CONFIG: the cell's results.json exists (the run directory as `spp-cls fit` would use it).
+# spp_cell_done CONFIG [SEED]: the cell's results.json exists (the run directory as `spp-cls fit` would use it).
 spp_cell_done() {
     local run_dir
     run_dir=$(spp-cls run-dir --config "$1" ${SPP_CLS_RUNS:+--runs_dir "$SPP_CLS_RUNS"} \
-                              ${SPP_CLS_EXPERIMENT:+--experiment "$SPP_CLS_EXPERIMENT"}) || exit 2
+                              ${SPP_CLS_EXPERIMENT:+--experiment "$SPP_CLS_EXPERIMENT"} \
+                              ${2:+--seed_everything "$2"}) || exit 2
     [[ -f $run_dir/results.json ]]
+}
+
+# spp_seeds: the seeds of SPP_CLS_SEEDS (comma- or space-separated whole numbers), one a line; default 0.
+spp_seeds() {
+    local seeds=${SPP_CLS_SEEDS:-0} seed
+    [[ -n ${seeds//[, ]/} ]] || seeds=0
+    for seed in ${seeds//,/ }; do
+        [[ $seed =~ ^[0-9]+$ ]] || die "SPP_CLS_SEEDS=$seeds: '$seed' is not a whole number"
+        echo "$((10#$seed))"
+    done
+}
+
+# spp_table_runs: "CONFIG SEED" lines, every cell of spp_table_cells with each seed of spp_seeds, seed by seed (so
+# that a table with one seed of every cell comes first).
+spp_table_runs() {
+    local cells seeds seed config
+    cells=$(spp_table_cells) || exit 2
+    seeds=$(spp_seeds) || exit 2
+    for seed in $seeds; do
+        for config in $cells; do
+            echo "$config $seed"
+        done
+    done
 }
 
 # spp_table_cells: the table's config files, one a line, as configs/table1/ holds them (every file but base.yaml,

@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..data.stream.datamodule import ShardDataModule
-from ..protocol import MONITOR, WANDB_PROJECT
+from ..protocol import MONITOR, WANDB_PROJECT, run_seed
 from . import console
 from .module import SppClassifier
 from .recorder import RunRecorder
@@ -94,14 +94,6 @@ def config_hash(config: dict[str, Any]) -> str:
     """sha256 of what defines the experiment: the model and data sections of the resolved config."""
     relevant = {key: config.get(key) for key in ("model", "data")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def run_seed(seed_everything: Any) -> int:
-    """The run's seed: `seed_everything` as a whole number (a random seed would give every restart another run)."""
-    if type(seed_everything) is not int or seed_everything < 0:
-        raise ValueError(f"seed_everything must be a whole number >= 0 (it names the run and its data order), "
-                         f"got {seed_everything!r}")
-    return seed_everything
 
 
 def wandb_mode() -> str:
