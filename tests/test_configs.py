@@ -82,3 +82,25 @@ def test_the_job_scripts_take_their_cells_from_configs_table1(random_size):
     expected = [cell for cell in CELLS if random_size == "1" or not cell.stem.endswith("_spp_random")]
     assert sorted(listed) == sorted(str(cell.relative_to(CONFIGS.parent)) for cell in expected)
     assert len(listed) == 12 + (random_size == "1")
+
+
+IMAGENETTE = CONFIGS / "imagenette"
+IMAGENETTE_RECIPE = {  # what configs/imagenette/base.yaml changes of a Table 1 cell, key by key
+    ("experiment",): "imagenette", ("trainer", "devices"): 1, ("trainer", "strategy"): "auto",
+    ("trainer", "max_epochs"): 30, ("model", "init"): "kaiming", ("model", "lr_schedule"): "milestones",
+    ("model", "milestones"): [20, 27], ("data", "root"): "/data/imagenette-wds", ("data", "batch_size"): 128,
+}
+
+
+def test_each_imagenette_cell_is_its_table1_cell_with_the_imagenette_recipe(capsys):
+    cells = sorted(path.name for path in IMAGENETTE.glob("*.yaml") if path.name != "base.yaml")
+    assert cells == [cell.name for cell in CELLS]  # the same cells as the table
+    for name in cells:
+        table1, imagenette = resolved(CONFIGS / "table1" / name, capsys), resolved(IMAGENETTE / name, capsys)
+        for keys, value in IMAGENETTE_RECIPE.items():
+            *sections, key = keys
+            expected = table1
+            for section_name in sections:
+                expected = expected[section_name]
+            expected[key] = value
+        assert imagenette == table1, name
