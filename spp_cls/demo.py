@@ -52,6 +52,10 @@ def gain_lines(table: Table) -> list[str]:
     if noise and all(noise):
         lines.append("Every gain here is within noise: on this few test images the intervals hold zero, so these "
                      "numbers cannot rank the variants (they show that the path works and learns).")
+    if lines:
+        lines.append("The intervals count which test images were drawn, not which training run: with one seed per "
+                     "cell, a few epochs on a small set can move by more than they show (`--seed_everything` and "
+                     "several seeds per cell put that noise in).")
     return lines
 
 
