@@ -123,6 +123,8 @@ def test_the_job_scripts_run_every_cell_once_per_seed_and_skip_each_finished_see
     assert bash("spp_table_runs", SPP_CLS_SEEDS="0,2").stdout.splitlines() == [
         "configs/table1/zf5_nospp.yaml 0", "configs/table1/zf5_spp_multi.yaml 0",
         "configs/table1/zf5_nospp.yaml 2", "configs/table1/zf5_spp_multi.yaml 2"]
+    assert bash("spp_table_runs", SPP_CLS_TABLE="imagenette").stdout.splitlines() == [
+        "configs/imagenette/zf5_nospp.yaml 0", "configs/imagenette/zf5_spp_multi.yaml 0"]
     bad = bash("spp_table_runs", SPP_CLS_SEEDS="0,one")
     assert bad.returncode == 2 and "SPP_CLS_SEEDS=0,one: 'one' is not a whole number" in bad.stderr
 

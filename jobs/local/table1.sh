@@ -9,11 +9,12 @@
 # Settings (environment; the shared ones are described in jobs/slurm/common.sh):
 #   SPP_CLS_DATA           shard root, the --out of `spp-cls shards`      default: each config's data.root
 #   SPP_CLS_RUNS           where run directories go                        default: runs (in the checkout)
-#   SPP_CLS_EXPERIMENT     experiment name (wandb group, folder in RUNS)   default: table1
+#   SPP_CLS_EXPERIMENT     experiment name (wandb group, folder in RUNS)   default: SPP_CLS_TABLE
 #   SPP_CLS_GPUS_PER_RUN   GPUs per run (--trainer.devices)                default: min(GPUS, 8), as the configs
 #   SPP_CLS_CELLS          the cells, e.g. "zf5_nospp zf5_spp_multi"       default: the 12 (configs/table1/)
 #   SPP_CLS_RANDOM_SIZE=1  adds Overfeat-7 random-size to the 12
 #   SPP_CLS_SEEDS          seeds, e.g. 0,1,2: every cell once per seed     default: 0
+#   SPP_CLS_TABLE          the cells of configs/<TABLE>/, e.g. imagenette  default: table1
 #   SPP_CLS_EXTRA_ARGS     overrides for every fit and test, whitespace-separated (not ones that move the run
 #                          directory: backbone, head, size schedule, runs_dir, experiment, seed)
 #   SPP_CLS_VENV / SPP_CLS_MODULES / SPP_CLS_SETUP   how to get spp-cls on PATH     default: .venv if present
@@ -48,7 +49,7 @@ if ! [[ $per_run =~ ^[1-9][0-9]*$ ]] || ((per_run > gpus)); then
 fi
 slots=$((gpus / per_run))
 
-export SPP_CLS_EXPERIMENT=${SPP_CLS_EXPERIMENT:-table1}
+export SPP_CLS_EXPERIMENT=${SPP_CLS_EXPERIMENT:-${SPP_CLS_TABLE:-table1}}
 export SPP_CLS_RUNS=${SPP_CLS_RUNS:-runs}
 spp_activate
 runs=$(spp_table_runs)

@@ -5,12 +5,13 @@
 #   SPP_CLS_DATA           shard root, the --out of `spp-cls shards`      default: each config's data.root
 #                          (/data/imagenet-wds)
 #   SPP_CLS_RUNS           where run directories go                        default: runs (in the checkout)
-#   SPP_CLS_EXPERIMENT     experiment name (wandb group, folder in RUNS)   default: table1 for table1.sbatch, the
+#   SPP_CLS_EXPERIMENT     experiment name (wandb group, folder in RUNS)   default: SPP_CLS_TABLE for table1.sbatch, the
 #                                                                          config's own for fit.sbatch
 #   SPP_CLS_VENV           virtualenv with spp-cls installed               default: .venv of the checkout if present
 #   SPP_CLS_MODULES        environment modules to load first, e.g. "cuda/12.4 nccl"             default: none
 #   SPP_CLS_SETUP          any shell line to run first, e.g. "source ~/miniforge/bin/activate spp"  default: none
 #   SPP_CLS_EXTRA_ARGS     overrides added to every fit and test, whitespace-separated         default: none
+#   SPP_CLS_TABLE          which table's cells: a folder of configs/, e.g. imagenette         default: table1
 #   SPP_CLS_SEEDS          seeds to train every cell with, e.g. 0,1,2 (each its own run:       default: 0
 #                          <backbone>-<variant>-seed<N>; the table averages them)
 #   SPP_CLS_WORKERS        data loader workers per task        default: SLURM_CPUS_PER_TASK - 1 (one CPU is left to
@@ -161,23 +162,24 @@ spp_table_runs() {
     done
 }
 
-# spp_table_cells: the table's config files, one a line, as configs/table1/ holds them (every file but base.yaml,
-# which the cells include): the 12 cells of Table 2, variant by variant (no SPP, SPP single-size, SPP multi-size),
-# backbones in name order; then the random-size extra when SPP_CLS_RANDOM_SIZE=1. SPP_CLS_CELLS (names such as
-# "zf5_nospp zf5_spp_multi") picks others.
+# spp_table_cells: the table's config files, one a line, as configs/$SPP_CLS_TABLE/ holds them (table1 by default,
+# imagenette for the ten-class subset; every file but base.yaml, which the cells include): the 12 cells of Table 2,
+# variant by variant (no SPP, SPP single-size, SPP multi-size), backbones in name order; then the random-size extra
+# when SPP_CLS_RANDOM_SIZE=1. SPP_CLS_CELLS (names such as "zf5_nospp zf5_spp_multi") picks others.
 spp_table_cells() {
-    local cell config variant
+    local cell config variant folder=configs/${SPP_CLS_TABLE:-table1}
+    [[ -d $folder ]] || die "SPP_CLS_TABLE=${SPP_CLS_TABLE:-}: no folder $folder"
     if [[ -n ${SPP_CLS_CELLS:-} ]]; then
         for cell in $SPP_CLS_CELLS; do
-            [[ -f configs/table1/$cell.yaml && $cell != base ]] || die "no cell $cell (configs/table1/$cell.yaml)"
-            echo "configs/table1/$cell.yaml"
+            [[ -f $folder/$cell.yaml && $cell != base ]] || die "no cell $cell ($folder/$cell.yaml)"
+            echo "$folder/$cell.yaml"
         done
         return
     fi
     local variants=(nospp spp_single spp_multi)
     [[ ${SPP_CLS_RANDOM_SIZE:-0} == 1 ]] && variants+=(spp_random)
     for variant in "${variants[@]}"; do
-        for config in configs/table1/*_"$variant".yaml; do
+        for config in "$folder"/*_"$variant".yaml; do
             [[ -f $config ]] && echo "$config"
         done
     done
