@@ -370,11 +370,13 @@ def plot(results: Iterable[RunResult], path: str | Path, protocol: str = TENVIEW
                         axis.text(x, 0.3, absent_text, rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
                         continue
                     axis.bar(x, value, width=bar_width * 0.92, **style)
+                    top = value
                     if value is measured and estimate is not None:  # the 95% interval over the test images
                         axis.errorbar(x, value, yerr=[[value - estimate.low], [estimate.high - value]], fmt="none",
                                       ecolor="black", capsize=3, linewidth=1)
-                    axis.text(x, value, f"{value:.2f}", rotation=90, ha="center", va="bottom", fontsize=7)
-                    tallest = max(tallest, value)
+                        top = estimate.high
+                    axis.text(x, top, f"{value:.2f}", rotation=90, ha="center", va="bottom", fontsize=7)
+                    tallest = max(tallest, top)
         axis.set_xticks(range(len(table.backbones)), [_backbone_title(b) for b in table.backbones])
         axis.set_ylim(0, tallest * 1.2)
         axis.set_ylabel(metric_title)
