@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
+from spp_cls.data.stream.corrupt import CorruptBudget, DecodeFailures
 from spp_cls.data.stream.jpeg_batch import JpegCrop
 from spp_cls.data.stream.pipeline import crop_window
 from spp_cls.data.synthetic import render_image, synthetic_classes
@@ -206,6 +207,14 @@ def with_bogus_huffman_table(data: bytes) -> bytes:
     """A JPEG whose header parses but whose body no decoder reads (its first Huffman table claims 16 x 255 codes)."""
     table = data.index(b"\xff\xc4") + 5
     return data[:table] + bytes([255] * 16) + data[table + 16 :]
+
+
+def decode_failures(samples: int, max_fraction: float,
+                    shard: str = "shard.tar") -> tuple[DecodeFailures, CorruptBudget]:
+    """What the datamodule hands a device decoder during a training epoch, and that epoch's budget (over the one
+    train shard `shard`), into which the decoder's failures go."""
+    budget = CorruptBudget([shard], samples, max_fraction, "the training epoch", "ROOT")
+    return DecodeFailures([shard], {"fit": budget}), budget
 
 
 def crop_of(jpeg: bytes, width: int, height: int, seed: int, label: int, key: str) -> JpegCrop:

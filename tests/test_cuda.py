@@ -23,6 +23,7 @@ from helpers import (
     compiled_against_eager,
     cpu_args,
     crop_of,
+    decode_failures,
     noise_jpeg,
     read_summary,
     with_bogus_huffman_table,
@@ -34,7 +35,6 @@ from spp_cls.cli import main
 from spp_cls.data.stream.datamodule import ShardDataModule
 from spp_cls.data.stream.jpeg_batch import JpegBatch, collate_jpegs
 from spp_cls.data.stream.nvimgcodec_decode import BatchDecoder
-from spp_cls.data.stream.pipeline import CorruptSampleBudget
 from spp_cls.models import create
 from spp_cls.train.lightning_cli import PROGRESS_BAR_REFRESH_STEPS, build_cli
 from spp_cls.train.module import SppClassifier
@@ -199,11 +199,11 @@ def test_a_file_no_decoder_reads_is_counted_and_replaced_by_the_next_good_sample
     files = [noise_jpeg(240, 232, seed=seed) for seed in range(4)]
     files[1] = with_bogus_huffman_table(files[1])
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
-    budget = CorruptSampleBudget(max_fraction=0.5, min_samples=1)
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
-        images, labels = BatchDecoder("cuda", budget=budget)(batch.to("cuda"))
+    failures, _ = decode_failures(samples=4, max_fraction=0.5)
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.corrupt"):
+        images, labels = BatchDecoder("cuda", budget=failures)(batch.to("cuda"))
     assert labels.tolist() == [10, 12, 12, 13] and images.shape == (4, 3, 224, 224)
-    assert torch.equal(images[1], images[2]) and (budget.seen, budget.corrupt) == (4, 1)
+    assert torch.equal(images[1], images[2]) and (failures.seen, failures.corrupt) == (4, 1)
     assert "corrupt sample k1 in shard.tar: JPEG does not decode" in caplog.text
 
 

@@ -24,6 +24,7 @@ from datamodule_probe import RecordingModule, make_trainer, train_digests
 from helpers import (
     cpu_args,
     crop_of,
+    decode_failures,
     noise_jpeg,
     read_summary,
     run_hard_timeout,
@@ -35,13 +36,12 @@ from PIL import Image
 
 from spp_cls.cli import main
 from spp_cls.data.stream import nvimgcodec_decode
+from spp_cls.data.stream.corrupt import DecodeFailures, TooManyCorruptSamples
 from spp_cls.data.stream.datamodule import ShardDataModule
 from spp_cls.data.stream.jpeg_batch import JpegBatch, JpegCrop, JpegTrainStream, collate_jpegs, jpeg_size
 from spp_cls.data.stream.nvimgcodec_decode import BatchDecoder, NvImageCodecMissing
 from spp_cls.data.stream.pipeline import (
     CorruptSample,
-    CorruptSampleBudget,
-    TooManyCorruptSamples,
     TrainStream,
     crop_window,
     decode_rgb,
@@ -109,7 +109,7 @@ def device_batches(datamodule: ShardDataModule, epoch: int, rank: int, world_siz
     return list(datamodule.train_loader(epoch, rank=rank, world_size=world_size))
 
 
-def decoded(batch: JpegBatch, budget: CorruptSampleBudget | None = None,
+def decoded(batch: JpegBatch, budget: DecodeFailures | None = None,
             region: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     return BatchDecoder("cpu", budget=budget, region=region)(batch)
 
@@ -219,23 +219,17 @@ def test_a_file_that_does_not_decode_is_counted_named_and_replaced_by_the_next_g
     files[1] = with_bogus_huffman_table(files[1])
     assert jpeg_size(files[1]) == (240, 232)
     batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, 10 + seed, f"k{seed}") for seed, jpeg in enumerate(files)])
-    budget = CorruptSampleBudget(max_fraction=0.5, min_samples=1)
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
-        images, labels = decoded(batch, budget)
+    failures, epoch_budget = decode_failures(samples=4, max_fraction=0.5)
+    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.corrupt"):
+        images, labels = decoded(batch, failures)
     assert labels.tolist() == [10, 12, 12, 13] and images.shape == (4, 3, 224, 224)
     assert torch.equal(images[1], images[2])
     single, _ = decoded(collate_jpegs([crop_of(files[2], 240, 232, 2, 12, "k2")]))
     assert torch.equal(images[2], single[0])
-    assert (budget.seen, budget.corrupt) == (4, 1)
+    assert (failures.seen, failures.corrupt) == (4, 1) and epoch_budget.local.tolist() == [1]
     assert "corrupt sample k1 in shard.tar: JPEG does not decode: Bogus Huffman table definition; replaced in its " \
-           "batch by k2 (1 corrupt of 2 seen)" in caplog.text
-
-
-def test_past_the_budget_a_decode_failure_stops_naming_the_file_and_its_shard() -> None:
-    files = [noise_jpeg(240, 232, seed=0), with_bogus_huffman_table(noise_jpeg(240, 232, seed=1))]
-    batch = collate_jpegs([crop_of(jpeg, 240, 232, seed, seed, f"k{seed}") for seed, jpeg in enumerate(files)])
-    with pytest.raises(TooManyCorruptSamples, match="k1 in shard shard.tar: JPEG does not decode"):
-        decoded(batch, CorruptSampleBudget(max_fraction=0.0))
+           "batch by k2" in caplog.text
+    epoch_budget.judge()  # 1 of 4 is within max_corrupt_fraction 0.5
 
 
 def test_a_decode_failure_is_judged_with_the_training_epochs_budget_naming_its_shard(demo_shards: Path) -> None:
@@ -260,9 +254,9 @@ def test_a_decode_failure_is_judged_with_the_training_epochs_budget_naming_its_s
 def test_a_file_whose_size_is_not_the_one_its_window_was_drawn_for_is_replaced() -> None:
     files = [noise_jpeg(240, 232, seed=0), noise_jpeg(250, 240, seed=1)]
     items = [crop_of(files[0], 240, 232, 0, 0, "k0"), crop_of(files[1], 240, 232, 1, 1, "k1")]  # k1 is 250x240
-    budget = CorruptSampleBudget(max_fraction=0.5, min_samples=1)
-    images, labels = decoded(collate_jpegs(items), budget)
-    assert labels.tolist() == [0, 0] and torch.equal(images[0], images[1]) and budget.corrupt == 1
+    failures, _ = decode_failures(samples=2, max_fraction=0.5)
+    images, labels = decoded(collate_jpegs(items), failures)
+    assert labels.tolist() == [0, 0] and torch.equal(images[0], images[1]) and failures.corrupt == 1
 
 
 def test_a_batch_where_nothing_decodes_stops_naming_a_file() -> None:

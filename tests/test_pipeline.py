@@ -20,9 +20,7 @@ from spp_cls.data.stream.corrupt import CorruptTally
 from spp_cls.data.stream.eval_shards import ShardSlice, eval_assignment
 from spp_cls.data.stream.pipeline import (
     CorruptSample,
-    CorruptSampleBudget,
     EvalStream,
-    TooManyCorruptSamples,
     TrainStream,
     decode_rgb,
     parse_label,
@@ -90,24 +88,6 @@ def test_random_crop_moves_over_the_whole_image() -> None:
 def test_train_crop_treats_an_image_smaller_than_the_crop_as_corrupt() -> None:
     with pytest.raises(CorruptSample, match="smaller than the 224 crop"):
         train_crop(coordinate_image(230, 200), random.Random(0))
-
-
-def test_budget_tolerates_the_allowed_fraction_then_stops_naming_the_shard(caplog: pytest.LogCaptureFixture) -> None:
-    budget = CorruptSampleBudget(max_fraction=0.001, min_samples=1000)
-    with caplog.at_level(logging.WARNING, logger="spp_cls.data.stream.pipeline"):
-        budget.record_corrupt("img1", "/s/train-000003.tar", "JPEG does not decode")
-    assert "img1 in /s/train-000003.tar: JPEG does not decode" in caplog.text
-    for _ in range(3000):
-        budget.record_good()
-    budget.record_corrupt("img2", "/s/a.tar", "bad")
-    budget.record_corrupt("img3", "/s/a.tar", "bad")  # 3 in 3003: at the limit
-    with pytest.raises(TooManyCorruptSamples, match=r"4 corrupt samples in 3004 seen.*img4 in shard /s/b.tar: bad"):
-        budget.record_corrupt("img4", "/s/b.tar", "bad")
-
-
-def test_budget_with_zero_fraction_stops_at_the_first_corrupt_sample() -> None:
-    with pytest.raises(TooManyCorruptSamples, match="train-000001.tar"):
-        CorruptSampleBudget(max_fraction=0.0).record_corrupt("k", "train-000001.tar", "bad")
 
 
 def test_shard_order_is_common_per_seed_and_epoch_and_visits_every_shard_per_round() -> None:

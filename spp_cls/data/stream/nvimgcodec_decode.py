@@ -42,13 +42,14 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from spp_cls.data.stream.corrupt import DecodeFailures, TooManyCorruptSamples
 from spp_cls.data.stream.jpeg_batch import JpegBatch
-from spp_cls.data.stream.pipeline import CorruptSample, TooManyCorruptSamples, decode_rgb
+from spp_cls.data.stream.pipeline import CorruptSample, decode_rgb
 from spp_cls.view_protocols import CROP
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,6 @@ _UNUSED_EXTENSIONS = ("nvjpeg2k", "nvJPEG2000", "nvtiff", "nvTIFF")
 MAX_IN_FLIGHT = 4
 """Batches whose decode may still run on the side stream (their code streams kept) before the host waits for the
 oldest: in training the previous batch's decode has long finished, so the host never waits."""
-
-
-class FailureRecorder(Protocol):
-    """Where the decoder reports each file: a standalone :class:`~spp_cls.data.stream.pipeline.CorruptSampleBudget`,
-    or the datamodule's :class:`~spp_cls.data.stream.corrupt.DecodeFailures` (judged with the epoch over all ranks)."""
-
-    def record_good(self) -> None: ...
-
-    def record_corrupt(self, key: str, shard: str, reason: str) -> None: ...
 
 
 class NvImageCodecMissing(ValueError):
@@ -140,7 +132,7 @@ class BatchDecoder:
     """
 
     def __init__(self, device: torch.device | str, backend: DecodeBackend = "auto",
-                 budget: FailureRecorder | None = None, region: bool = True) -> None:
+                 budget: DecodeFailures | None = None, region: bool = True) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -281,7 +273,7 @@ def _size(code_stream: Any) -> tuple[int, int]:
 
 
 def _replacements(batch: JpegBatch, windows: list[torch.Tensor | CorruptSample],
-                  budget: FailureRecorder | None) -> list[int]:
+                  budget: DecodeFailures | None) -> list[int]:
     """``source[i]``: the sample whose window and label fill slot i (i itself when it decoded)."""
     good = [i for i, window in enumerate(windows) if isinstance(window, torch.Tensor)]
     if not good:

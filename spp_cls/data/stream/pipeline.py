@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from spp_cls.data.stream.corrupt import CorruptTally, MissingSamples, TooManyCorruptSamples
+from spp_cls.data.stream.corrupt import CorruptTally, MissingSamples
 from spp_cls.data.stream.eval_shards import ShardSlice
 from spp_cls.view_protocols import CROP, five_positions
 
@@ -123,42 +123,6 @@ def train_crop(image: torch.Tensor, rng: random.Random, mode: TrainCrop = "five"
     x0, y0, flip = crop_window(width, height, rng, mode, crop)
     window = image[:, y0 : y0 + crop, x0 : x0 + crop]
     return window.flip(-1) if flip else window
-
-
-class CorruptSampleBudget:
-    """Counts the files the training process decodes itself (``decode="device"``) and stops when too many are corrupt.
-
-    A corrupt sample is logged (key, shard, reason). It raises :class:`TooManyCorruptSamples` once
-    ``corrupt > max_fraction * max(seen, min_samples)``: ``min_samples`` keeps one early bad sample from stopping a
-    run (with the defaults, one corrupt sample in the first 1,000 is tolerated); ``max_fraction=0`` makes any corrupt
-    sample fatal.
-
-    NOTE: what the loader workers meet is judged per pass over all ranks by
-    :class:`~spp_cls.data.stream.corrupt.CorruptBudget`; this budget is the device decode's own, per process.
-    """
-
-    def __init__(self, max_fraction: float = 0.001, min_samples: int = 1000) -> None:
-        if not 0.0 <= max_fraction < 1.0:
-            raise ValueError(f"max_fraction must be in [0, 1), got {max_fraction}")
-        self.max_fraction = max_fraction
-        self.min_samples = min_samples
-        self.seen = 0
-        self.corrupt = 0
-
-    def record_good(self) -> None:
-        self.seen += 1
-
-    def record_corrupt(self, key: str, shard: str, reason: str) -> None:
-        """Logs one corrupt sample; raises :class:`TooManyCorruptSamples` past the allowed fraction."""
-        self.seen += 1
-        self.corrupt += 1
-        log.warning("corrupt sample %s in %s: %s (%d corrupt of %d seen)", key, shard, reason, self.corrupt, self.seen)
-        if self.corrupt > self.max_fraction * max(self.seen, self.min_samples):
-            raise TooManyCorruptSamples(
-                f"stopping: {self.corrupt} corrupt samples in {self.seen} seen, more than the allowed "
-                f"{self.max_fraction:.3%} (max_corrupt_fraction); the last: {key} in shard {shard}: {reason}. "
-                f"Check the shards with `spp-cls shards --verify ROOT`."
-            )
 
 
 def derive_seed(*parts: object) -> int:
