@@ -37,6 +37,7 @@ from spp_cls.protocol import (
     run_name,
     split_run_name,
 )
+from spp_cls.report.cells import Cell, build_table
 from spp_cls.report.group_runs import (
     TEST_METRICS,
     VAL_METRICS,
@@ -47,7 +48,7 @@ from spp_cls.report.group_runs import (
     select_group,
 )
 from spp_cls.report.results import ResultsError
-from spp_cls.report.table import Cell, build_table, plot, table_notes
+from spp_cls.report.table import plot, table_notes
 
 DEFAULT_GROUP = "table1"
 API_TIMEOUT_S = 10

@@ -16,17 +16,15 @@ import csv
 import io
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from spp_cls.outcomes import OutcomesError, read_outcomes
-from spp_cls.paper import BACKBONE_TITLES, BACKBONES, PROTOCOL_SOURCES, PaperError, paper_error
-from spp_cls.protocol import BASELINE, SPP_RANDOM, TABLE_VARIANTS, TEST_PROTOCOLS, VARIANTS
+from spp_cls.paper import BACKBONE_TITLES, PROTOCOL_SOURCES
+from spp_cls.protocol import BASELINE, TEST_PROTOCOLS, VARIANTS
 from spp_cls.protocol import TABLE_PROTOCOL as TENVIEW
+from spp_cls.report.cells import Cell, Table, build_table
 from spp_cls.report.curves import format_curves
-from spp_cls.report.intervals import Estimate, IntervalError, error_estimate, gain_estimate, wrong
-from spp_cls.report.results import ResultsError, RunResult, check_unique_runs, collect, from_wandb
+from spp_cls.report.intervals import Estimate
+from spp_cls.report.results import ResultsError, RunResult, collect, from_wandb
 
 METRICS: tuple[tuple[str, str], ...] = (("top1", "top-1 err (%)"), ("top5", "top-5 err (%)"))
 MISSING = "—"
@@ -42,135 +40,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "top5_gain", "top5_gain_low", "top5_gain_high", "top5_gain_excludes_zero", "paper_top5_err", "paper_top5_gain",
     "num_test_images", "epochs", "results_file",
 )
-
-
-@lru_cache(maxsize=256)
-def _wrong_by_image(outcomes_file: str, metric: str) -> dict[str, bool]:
-    return wrong(read_outcomes(Path(outcomes_file)), metric)
-
-
-def _outcomes_of(runs: Sequence[RunResult], metric: str) -> list[dict[str, bool]] | None:
-    """Each run's {image key: wrong}, or None unless every run has per-image outcomes."""
-    if not runs or any(run.outcomes_file is None for run in runs):
-        return None
-    try:
-        return [_wrong_by_image(run.outcomes_file, metric) for run in runs]  # type: ignore[arg-type]
-    except OutcomesError as error:
-        raise ResultsError(str(error)) from None
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (backbone, variant) cell: its measured runs (one per seed) and the paper's value, with their no-SPP
-    baselines."""
-
-    backbone: str
-    variant: str
-    runs: tuple[RunResult, ...]
-    base_runs: tuple[RunResult, ...]
-    paper: PaperError | None
-    paper_base: PaperError | None
-
-    @property
-    def measured(self) -> bool:
-        return bool(self.runs)
-
-    def measured_err(self, metric: str) -> float | None:
-        """The error, averaged over the cell's seeds."""
-        return _mean([getattr(run, f"{metric}_err") for run in self.runs]) if self.runs else None
-
-    def paper_err(self, metric: str) -> float | None:
-        return None if self.paper is None else getattr(self.paper, metric)
-
-    def measured_gain(self, metric: str) -> float | None:
-        """Error of the no-SPP runs minus error of this cell's (positive: this variant is better); None for row (a)."""
-        if self.variant == BASELINE or not self.runs or not self.base_runs:
-            return None
-        return _mean([getattr(run, f"{metric}_err") for run in self.base_runs]) - self.measured_err(metric)
-
-    def paper_gain(self, metric: str) -> float | None:
-        if self.variant == BASELINE or self.paper is None or self.paper_base is None:
-            return None
-        base, err = getattr(self.paper_base, metric), getattr(self.paper, metric)
-        return None if base is None or err is None else base - err
-
-    def error_estimate(self, metric: str) -> Estimate | None:
-        """The error with its 95% interval over images (and seeds); None without per-image outcomes."""
-        outcomes = _outcomes_of(self.runs, metric)
-        return None if outcomes is None else error_estimate(outcomes)
-
-    def error_spread(self, metric: str) -> float | None:
-        """Standard deviation of the error over the cell's seeds; None for fewer than two."""
-        if len(self.runs) < 2:
-            return None
-        errors = [getattr(run, f"{metric}_err") for run in self.runs]
-        mean = _mean(errors)
-        return (sum((error - mean) ** 2 for error in errors) / (len(errors) - 1)) ** 0.5
-
-    def gain_estimate(self, metric: str) -> Estimate | None:
-        """The gain with its paired 95% interval; None for row (a), without outcomes, or on different images."""
-        if self.variant == BASELINE:
-            return None
-        base, own = _outcomes_of(self.base_runs, metric), _outcomes_of(self.runs, metric)
-        if base is None or own is None:
-            return None
-        try:
-            return gain_estimate(base, own)
-        except IntervalError:
-            return None
-
-    @property
-    def seeds(self) -> tuple[int, ...]:
-        return tuple(sorted(run.seed for run in self.runs))
-
-
-@dataclass(frozen=True)
-class Table:
-    """The cells of one test protocol, plus the results left out because they were tested under another one."""
-
-    protocol: str
-    backbones: tuple[str, ...]
-    variants: tuple[str, ...]
-    cells: dict[tuple[str, str], Cell]
-    other_protocols: tuple[RunResult, ...]
-
-    def cell(self, backbone: str, variant: str) -> Cell:
-        return self.cells[(backbone, variant)]
-
-
-def build_table(results: Iterable[RunResult], protocol: str = TENVIEW) -> Table:
-    """Arrange results into the Table 2 grid for one test protocol.
-
-    Raises:
-        ResultsError: two results claim the same (backbone, variant, protocol) cell.
-    """
-    results = list(results)
-    check_unique_runs(results)
-    shown: dict[tuple[str, str], list[RunResult]] = {}
-    for result in sorted(results, key=lambda r: r.seed):
-        if result.test_protocol == protocol:
-            shown.setdefault((result.backbone, result.variant), []).append(result)
-    extra_backbones = sorted({backbone for backbone, _ in shown} - set(BACKBONES))
-    backbones = BACKBONES + tuple(extra_backbones)
-    variants = TABLE_VARIANTS + ((SPP_RANDOM,) if any(variant == SPP_RANDOM for _, variant in shown) else ())
-    cells = {
-        (backbone, variant): Cell(
-            backbone=backbone,
-            variant=variant,
-            runs=tuple(shown.get((backbone, variant), ())),
-            base_runs=tuple(shown.get((backbone, BASELINE), ())),
-            paper=paper_error(backbone, variant, protocol),
-            paper_base=paper_error(backbone, BASELINE, protocol),
-        )
-        for variant in variants
-        for backbone in backbones
-    }
-    others = tuple(r for r in results if r.test_protocol != protocol)
-    return Table(protocol, backbones, variants, cells, others)
 
 
 def _number(value: float) -> str:
