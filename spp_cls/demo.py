@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .protocol import TABLE_VARIANTS, VARIANTS
 
 if TYPE_CHECKING:
-    from .report.table import Table
+    from .report.cells import Table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data.shards.convert import convert
     from .data.synthetic import make_imagenet_folder
     from .report.results import collect
-    from .report.table import build_table, format_markdown
+    from .report.cells import build_table
+    from .report.table import format_markdown
     from .train.console import VERBOSE_VARIABLE
     from .train.lightning_cli import run_lightning
 
