@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .data.shards.convert import convert
     from .data.synthetic import make_imagenet_folder
-    from .report.results import collect
     from .report.cells import build_table
+    from .report.results import collect
     from .report.table import format_markdown
     from .train.console import VERBOSE_VARIABLE
     from .train.lightning_cli import run_lightning
