@@ -1,10 +1,12 @@
 """Shared fixtures: a small synthetic ImageNet folder of real JPEG files and the shards `spp-cls shards` makes of it."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from spp_cls.data.manifest import Manifest
 from spp_cls.data.shards.convert import convert
 from spp_cls.data.synthetic import make_imagenet_folder
 
@@ -39,4 +41,14 @@ def demo_shards(imagenet_folder: Path, tmp_path_factory: pytest.TempPathFactory)
     """
     out = tmp_path_factory.mktemp("shards")
     convert(imagenet_folder, out, shard_size=SHARD_SIZE, workers=1, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def one_val_shard(demo_shards: Path, imagenet_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo_shards train split beside its 15 val images written into a single val shard (fewer than ranks)."""
+    out = tmp_path_factory.mktemp("one-val-shard")
+    shutil.copytree(demo_shards / "train", out / "train")
+    convert(imagenet_folder, out, splits=["val"], shard_size=SHARD_SIZE, val_shard_size=100)
+    assert [shard.count for shard in Manifest.load(out / "val").shards] == [15]
     return out

@@ -137,6 +137,23 @@ def shard_keys(split_dir: Path) -> list[str]:
     return keys
 
 
+def lengthen_shard(shard: Path) -> str:
+    """Appends one sample to a tar shard (a copy of its first, under a new key), so that it holds one more than its
+    manifest lists; returns the new key."""
+    with tarfile.open(shard) as archive:
+        members = [(member.name, archive.extractfile(member).read()) for member in archive.getmembers()]
+    first_key = members[0][0].split(".", 1)[0]
+    new_key = f"{first_key}_unlisted"
+    with wds.TarWriter(str(shard)) as writer:
+        samples: dict[str, dict[str, bytes]] = {}
+        for name, data in members:
+            key, extension = name.split(".", 1)
+            samples.setdefault(key, {"__key__": key})[extension] = data
+        for sample in [*samples.values(), {**samples[first_key], "__key__": new_key}]:
+            writer.write(sample)
+    return new_key
+
+
 def errors_of(outcomes: list[ImageOutcome]) -> tuple[float, float]:
     """(top-1, top-5) error in percent of per-image outcomes, as a results file rounds them."""
     return (round(100 * (1 - sum(o.top1_correct for o in outcomes) / len(outcomes)), 4),

@@ -12,6 +12,7 @@ from spp_cls.data.stream.corrupt import (
     CorruptTally,
     MissingSamples,
     TooManyCorruptSamples,
+    UnlistedSamples,
     batches_after_reports,
     judged_batches,
     with_reports,
@@ -28,10 +29,26 @@ def test_a_tally_reports_what_it_met_since_the_last_report_by_shard_index() -> N
     tally = CorruptTally([f"/s/{name}" for name in SHARDS])
     assert tally.take() is None
     tally.record_corrupt("k1", "/s/train-000003.tar", "JPEG does not decode")
-    tally.record_missing(MissingSamples("/s/train-000001.tar", 64, "ReadError: unexpected end of data"))
+    tally.record_mismatch(MissingSamples("/s/train-000001.tar", 64, "ReadError: unexpected end of data"))
     tally.record_corrupt("k2", "/s/train-000003.tar", "no 'cls' member")
     assert tally.take() == CorruptReport(((1, 64), (3, 2)))
     assert tally.take() is None
+    tally.record_mismatch(UnlistedSamples("/s/train-000004.tar", 2))
+    assert tally.take() == CorruptReport((), ((4, 2),))
+
+
+def test_samples_past_a_manifests_count_are_judged_with_the_rest_but_are_not_lost_from_the_pass() -> None:
+    pass_budget = budget(0.01, 1000)
+    pass_budget.add(CorruptReport((), ((2, 4),)))
+    pass_budget.judge()
+    assert (pass_budget.count, pass_budget.lost) == (4, 0)  # a pass still evaluates all 1000 it was given
+    pass_budget.add(CorruptReport(((2, 3),), ((1, 5),)))
+    with pytest.raises(TooManyCorruptSamples) as stopped:
+        pass_budget.judge()
+    assert (pass_budget.count, pass_budget.lost) == (12, 3)
+    assert str(stopped.value).startswith(
+        "12 corrupt, missing or unlisted samples in training epoch 3 (train shards), more than the 10 that "
+        "max_corrupt_fraction 0.01 allows of its 1000: train-000002.tar (7), train-000001.tar (5);")
 
 
 def test_the_budget_is_a_fraction_of_the_passs_samples_whenever_they_are_met() -> None:
@@ -63,7 +80,7 @@ def test_a_report_that_comes_after_a_streams_last_batch_is_in_before_that_batch_
     def stream():  # a worker's stream that finds a short shard after it made its last batch
         yield "b1"
         yield "b2"
-        tally.record_missing(MissingSamples(SHARDS[4], 5, "the tar ends early"))
+        tally.record_mismatch(MissingSamples(SHARDS[4], 5, "the tar ends early"))
 
     seen = [(batch, int(pass_budget.local.sum())) for batch in batches_after_reports(with_reports(stream(), tally),
                                                                                      pass_budget)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,8 +18,6 @@ import pytest
 from datamodule_probe import train_digests, val_digests
 from helpers import run_hard_timeout
 
-from spp_cls.data.manifest import Manifest
-from spp_cls.data.shards.convert import convert
 from spp_cls.data.stream.datamodule import ShardDataModule
 
 PROBE = Path(__file__).with_name("datamodule_probe.py")
@@ -105,16 +102,6 @@ def test_ddp_spawn_validation_with_workers_counts_each_image_exactly_once(
     run_probe(demo_shards, out, "--strategy", "ddp_spawn", "--workers", "2", "--stages", "validate", timeout=240)
     batches = probe_datamodule(demo_shards, 2).eval_batches_per_rank("validate", world_size=2)
     assert_exact_evaluation(load(out, "ddp_spawn-w2", "validate"), val_digests(demo_shards), batches)
-
-
-@pytest.fixture(scope="module")
-def one_val_shard(demo_shards: Path, imagenet_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo_shards train split beside its 15 val images written into a single val shard."""
-    out = tmp_path_factory.mktemp("one-val-shard")
-    shutil.copytree(demo_shards / "train", out / "train")
-    convert(imagenet_folder, out, splits=["val"], shard_size=4, val_shard_size=100)
-    assert [shard.count for shard in Manifest.load(out / "val").shards] == [15]
-    return out
 
 
 def test_ddp_evaluation_of_fewer_val_shards_than_ranks_splits_the_shard_and_counts_each_image_once(

@@ -16,7 +16,7 @@ import torch
 from helpers import coordinate_image, noise_jpeg, write_shards
 from PIL import Image
 
-from spp_cls.data.stream.corrupt import CorruptTally
+from spp_cls.data.stream.corrupt import CorruptReport, CorruptTally
 from spp_cls.data.stream.eval_shards import ShardSlice, eval_assignment
 from spp_cls.data.stream.pipeline import (
     CorruptSample,
@@ -208,12 +208,19 @@ def test_a_truncated_shard_counts_what_it_lost_against_the_manifest_and_the_stre
     assert len(missing) == 1 and missing[0].startswith(f"{paths[0]}: ") and "of the 4 samples" in missing[0]
 
 
-def test_a_slice_of_a_shard_reads_its_range_and_a_slice_to_the_end_reads_past_the_manifests_count(
-        tmp_path: Path) -> None:
-    paths = write_shards(tmp_path, [5])
+def test_a_slice_reads_its_range_and_a_slice_to_the_end_counts_the_samples_past_the_manifests_count(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = write_shards(tmp_path, [5])  # a manifest that says 4 would be stale by one sample
 
-    def labels(piece: ShardSlice) -> list[int]:
-        return [label for batch in EvalStream(paths, [[piece]], 5, 8, center_view) for label in batch.labels.tolist()]
+    def read(piece: ShardSlice) -> tuple[list[int], CorruptReport | None]:
+        tally = CorruptTally(paths)
+        stream = EvalStream(paths, [[piece]], 5, 8, center_view)
+        return [label for batch in stream.batches(tally) for label in batch.labels.tolist()], tally.take()
 
-    assert labels(ShardSlice(0, 1, 3, False)) == [1, 2]
-    assert labels(ShardSlice(0, 3, 4, True)) == [3, 4]  # a manifest that says 4: the fifth sample is not dropped
+    assert read(ShardSlice(0, 1, 3, False)) == ([1, 2], None)
+    with caplog.at_level(logging.WARNING):
+        # the slice keeps the manifest's length (so every rank's pass does); the fifth sample is counted, not read
+        assert read(ShardSlice(0, 3, 4, True)) == ([3], CorruptReport((), ((0, 1),)))
+    named = [record.getMessage() for record in caplog.records]
+    assert named == [f"{paths[0]}: 1 samples past the 4 its manifest lists were not read (the shards do not match "
+                     "manifest.json); they count as corrupt"]

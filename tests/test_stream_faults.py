@@ -1,18 +1,21 @@
-"""Two faults met on real data, end to end through `spp-cls fit`: a truncated train shard (the issue's reproduction:
-half of one of the eight demo train shards cut off) and more eval loader workers than val shards.
+"""Faults met on real data, end to end through `spp-cls fit`: a truncated train shard (half of one of the eight demo
+train shards cut off), and a val shard that holds one sample more than its manifest lists, under 2 DDP ranks in both
+evaluation layouts (whole shards per rank; one shard split by sample range).
 
 Data: the demo's layout (10 classes x 100 train images in 8 shards of 125, 20 val images per class), with the shard
-that epoch 0 reads first cut to half its bytes.
+that epoch 0 reads first cut to half its bytes; for the long shard, the test fixtures' 15 val images in 4 shards or 1.
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import cpu_args, read_summary, run_hard_timeout
+from helpers import cpu_args, lengthen_shard, read_summary, run_hard_timeout
 
 from spp_cls.cli import main
 from spp_cls.data.manifest import Manifest
@@ -104,3 +107,43 @@ def test_past_the_budget_every_ddp_rank_stops_at_the_same_step_and_one_line_says
     assert len(errors) == 1 and name in errors[0] and "spp-cls shards --verify" in errors[0], done.stdout[-3000:]
     assert "Traceback" not in done.stdout, done.stdout[-3000:]
 
+
+
+def with_a_long_val_shard(root: Path, tmp_path: Path, shard: str) -> Path:
+    """A copy of the shards ``root`` whose val shard ``shard`` holds one sample more than its manifest lists."""
+    copy = tmp_path / "shards"
+    shutil.copytree(root, copy)
+    lengthen_shard(copy / "val" / shard)
+    return copy
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("layout", "shard"), [("several", "val-000001.tar"), ("one", "val-000000.tar")])
+def test_a_val_shard_longer_than_its_manifest_stops_every_rank_together_with_one_line_naming_it(
+        demo_shards: Path, one_val_shard: Path, tmp_path: Path, layout: str, shard: str) -> None:
+    """Several val shards: each rank reads whole shards, and the one that reads the long shard would run a batch past
+    the others; one val shard: each rank reads a range, and the samples past the last one would go unseen."""
+    root = with_a_long_val_shard(demo_shards if layout == "several" else one_val_shard, tmp_path, shard)
+    args = cpu_args(root, tmp_path / "runs", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--wandb", "false")
+    done = run_hard_timeout([SPP_CLS, "fit", *args], timeout=240, env={**os.environ, "WANDB_MODE": "offline"})
+    assert done.returncode == 2, done.stdout[-3000:]
+    errors = [line for line in done.stdout.splitlines() if line.startswith("spp-cls: error:")]
+    assert errors == [
+        "spp-cls: error: 1 unlisted samples in the validate pass (val shards), more than the 0 that "
+        f"max_corrupt_fraction 0.001 allows of its 15: {shard} (1); check the shards with `spp-cls shards --verify "
+        f"{root}` (SPP_CLS_DEBUG=1 shows the traceback)"], done.stdout[-3000:]
+    assert "Traceback" not in done.stdout, done.stdout[-3000:]
+
+
+def test_within_the_budget_a_long_val_shard_is_named_and_counted_and_every_listed_image_is_evaluated(
+        one_val_shard: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = with_a_long_val_shard(one_val_shard, tmp_path, "val-000000.tar")
+    args = cpu_args(root, tmp_path / "runs", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                    "--data.max_corrupt_fraction", "0.1", "--wandb", "false")
+    with caplog.at_level(logging.WARNING, logger="spp_cls"):
+        assert main(["fit", *args]) == 0  # the module checks it counted the manifest's 15 images, no more, no fewer
+    messages = [record.getMessage() for record in caplog.records]
+    assert f"{root}/val/val-000000.tar: 1 samples past the 15 its manifest lists were not read" in "\n".join(messages)
+    assert ("1 unlisted samples in the validate pass (val shards) (1 allowed): val-000000.tar (1)"
+            in messages), messages

@@ -6,6 +6,10 @@ against a budget that is a fraction of the samples of the whole pass (a training
   number it lost, and those samples count as corrupt where the (shuffled) sample order reaches the
   :class:`MissingSamples` that stands for them, so an epoch counts the losses among the samples it consumed. The
   worker raises nothing: with every batch it ships a :class:`CorruptReport` of what it met since the last one.
+- A shard that holds more samples than its manifest lists (the manifest is stale: the shards were rewritten) is read
+  only as far as the manifest counts, so that every rank's pass has the length the manifest gives it; the samples past
+  that are logged and counted as :class:`UnlistedSamples`, against the same budget (they are never evaluated, but
+  they are not part of the pass's total either).
 - The training process (each rank) adds the reports of all its workers into a :class:`CorruptBudget`. A pass may hold
   ``floor(max_fraction * samples)`` corrupt or missing samples, ``samples`` being what the manifest says the pass
   reads; past that :meth:`CorruptBudget.judge` raises :class:`TooManyCorruptSamples` naming the worst shards.
@@ -45,9 +49,11 @@ class TooManyCorruptSamples(ValueError):
 
 @dataclass(frozen=True)
 class CorruptReport:
-    """What one loader worker met since its previous report: ``(shard index, corrupt or missing samples)`` pairs."""
+    """What one loader worker met since its previous report: ``(shard index, corrupt or missing samples)`` pairs, and
+    ``(shard index, samples past its manifest count)`` pairs."""
 
     counts: tuple[tuple[int, int], ...]
+    unlisted: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,27 +66,39 @@ class MissingSamples:
     reason: str
 
 
+@dataclass(frozen=True)
+class UnlistedSamples:
+    """Follows the last sample of a shard in a sample stream when the shard holds ``count`` samples more than its
+    manifest lists (they are not read)."""
+
+    shard: str
+    count: int
+
+
 class CorruptTally:
     """The corrupt and missing samples one stream met since its last :meth:`take`, by shard index."""
 
     def __init__(self, shard_paths: Sequence[str]) -> None:
         self._index = {path: index for index, path in enumerate(shard_paths)}
         self._pending: Counter[int] = Counter()
+        self._unlisted: Counter[int] = Counter()
 
     def record_corrupt(self, key: str, shard: str, reason: str) -> None:
         log.warning("corrupt sample %s in %s: %s", key, shard, reason)
         self._pending[self._index[shard]] += 1
 
-    def record_missing(self, missing: MissingSamples) -> None:
-        """Counts the samples a short shard lost (the reader logged the shard when it found it short)."""
-        self._pending[self._index[missing.shard]] += missing.count
+    def record_mismatch(self, mismatch: MissingSamples | UnlistedSamples) -> None:
+        """Counts the samples a shard lost, or held past its manifest's count (the reader logged the shard)."""
+        counter = self._pending if isinstance(mismatch, MissingSamples) else self._unlisted
+        counter[self._index[mismatch.shard]] += mismatch.count
 
     def take(self) -> CorruptReport | None:
         """The counts since the last call (None when there are none), and start counting anew."""
-        if not self._pending:
+        if not self._pending and not self._unlisted:
             return None
-        report = CorruptReport(tuple(sorted(self._pending.items())))
+        report = CorruptReport(tuple(sorted(self._pending.items())), tuple(sorted(self._unlisted.items())))
         self._pending.clear()
+        self._unlisted.clear()
         return report
 
 
@@ -138,9 +156,10 @@ class CorruptBudget:
         self.what, self.root = what, root
         self.reduce = reduce
         self.announce = announce
-        self.local = torch.zeros(len(self.shard_names), dtype=torch.int64)
+        self.local = torch.zeros(2, len(self.shard_names), dtype=torch.int64)
+        """Row 0: corrupt or missing samples per shard; row 1: samples past the shard's manifest count."""
         self.judged = torch.zeros_like(self.local)
-        """The per-shard counts over all ranks as of the last :meth:`judge`."""
+        """``local`` summed over all ranks as of the last :meth:`judge`."""
 
     @property
     def check_every(self) -> int:
@@ -149,12 +168,20 @@ class CorruptBudget:
 
     @property
     def count(self) -> int:
-        """Corrupt or missing samples of the pass over all ranks, as of the last :meth:`judge`."""
+        """Corrupt, missing or unlisted samples of the pass over all ranks, as of the last :meth:`judge`."""
         return int(self.judged.sum())
 
+    @property
+    def lost(self) -> int:
+        """Samples of the pass's total that were not evaluated (corrupt or missing), as of the last :meth:`judge`."""
+        return int(self.judged[0].sum())
+
     def add(self, report: CorruptReport | None) -> None:
-        for index, count in report.counts if report is not None else ():
-            self.local[index] += count
+        if report is None:
+            return
+        for row, counts in enumerate((report.counts, report.unlisted)):
+            for index, count in counts:
+                self.local[row, index] += count
 
     def judge(self, last: bool = False) -> None:
         """Sums the counts over ranks and raises :class:`TooManyCorruptSamples` past the budget; at the ``last``
@@ -162,16 +189,22 @@ class CorruptBudget:
         self.judged = self.local.clone() if self.reduce is None else self.reduce(self.local.clone()).cpu()
         if self.count > self.allowed:
             raise TooManyCorruptSamples(
-                f"{self.count} corrupt or missing samples in {self.what}, more than the {self.allowed} that "
+                f"{self.count} {self.kinds()} samples in {self.what}, more than the {self.allowed} that "
                 f"max_corrupt_fraction {self.max_fraction:g} allows of its {self.samples}: {self.worst_shards()}; "
                 f"check the shards with `spp-cls shards --verify {self.root}`"
             )
         if last and self.count and self.announce:
-            log.warning("%d corrupt or missing samples in %s (%d allowed): %s", self.count, self.what, self.allowed,
+            log.warning("%d %s samples in %s (%d allowed): %s", self.count, self.kinds(), self.what, self.allowed,
                         self.worst_shards())
 
+    def kinds(self) -> str:
+        """What the judged samples were: "corrupt or missing", "unlisted" (past a manifest's count), or both."""
+        lost, unlisted = self.lost > 0, self.count > self.lost
+        return "corrupt, missing or unlisted" if lost and unlisted else "unlisted" if unlisted else "corrupt or missing"
+
     def worst_shards(self) -> str:
-        counts = sorted(((int(n), name) for n, name in zip(self.judged, self.shard_names) if n > 0), reverse=True)
+        per_shard = self.judged.sum(dim=0)
+        counts = sorted(((int(n), name) for n, name in zip(per_shard, self.shard_names) if n > 0), reverse=True)
         named = ", ".join(f"{name} ({n})" for n, name in counts[:SHARDS_NAMED])
         return named + (f" and {len(counts) - SHARDS_NAMED} more shards" if len(counts) > SHARDS_NAMED else "")
 

@@ -20,8 +20,8 @@ Exactness under DDP (ddp, ddp_spawn, torchrun, srun alike: rank and world size c
   same number of batches with masked samples (``valid`` False). A module that sums correct and counted samples over
   ranks must count exactly ``expected_count(stage)``.
 
-Corrupt and missing samples (undecodable, or lost from a shard shorter than its manifest says) are logged and
-counted by shard, and judged over all ranks against ``max_corrupt_fraction`` of the pass's samples
+Corrupt and missing samples (undecodable, or lost from a shard shorter than its manifest says), and samples past a
+shard's manifest count (not read), are logged and counted by shard, and judged over all ranks against ``max_corrupt_fraction`` of the pass's samples
 (:mod:`spp_cls.data.stream.corrupt`); past it every rank stops at the same batch with
 :class:`~spp_cls.data.stream.corrupt.TooManyCorruptSamples`.
 """
@@ -223,11 +223,12 @@ class ShardDataModule(pl.LightningDataModule):
 
     def expected_count(self, stage: EvalStage) -> int:
         """Images a validation or test pass must count over all ranks: the val manifest's total, less the corrupt or
-        missing samples (logged, named and within the budget) that the last such pass met."""
+        missing samples (logged, named and within the budget) that the last such pass met. Samples past a shard's
+        manifest count are not read, so they are not counted here (the budget holds them)."""
         if stage not in ("validate", "test"):
             raise ValueError(f"expected_count is for 'validate' or 'test', got {stage!r}")
         budget = self.budgets.get(stage)
-        return self.val_manifest.total - (budget.count if budget is not None else 0)
+        return self.val_manifest.total - (budget.lost if budget is not None else 0)
 
     def train_batches_per_rank(self, world_size: int | None = None) -> int:
         """Batches every rank yields per training epoch: floor(total / global batch)."""

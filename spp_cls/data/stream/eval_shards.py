@@ -16,8 +16,8 @@ from dataclasses import dataclass
 class ShardSlice:
     """Samples ``start`` to ``stop`` (positions in the shard, as its manifest counts them) of shard ``shard``.
 
-    ``to_end``: the slice ends where the shard does, so the stream reads on to the shard's real end (samples beyond the
-    manifest's count then surface in the exact count of the pass instead of being dropped).
+    ``to_end``: the slice ends where the shard does, so the stream reads on to the shard's real end and counts the
+    samples it finds past the manifest's count (a stale manifest), which would otherwise go unseen.
     """
 
     shard: int

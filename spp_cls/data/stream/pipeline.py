@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from spp_cls.data.stream.corrupt import CorruptTally, MissingSamples
+from spp_cls.data.stream.corrupt import CorruptTally, MissingSamples, UnlistedSamples
 from spp_cls.data.stream.eval_shards import ShardSlice
 from spp_cls.view_protocols import CROP, five_positions
 
@@ -167,12 +167,15 @@ def _is_sample_member(file_name: str) -> bool:
     return file_name.endswith(SAMPLE_MEMBERS)
 
 
-def shard_samples(path: str, piece: ShardSlice) -> Iterator[dict[str, Any] | MissingSamples]:
+def shard_samples(path: str, piece: ShardSlice) -> Iterator[dict[str, Any] | MissingSamples | UnlistedSamples]:
     """The raw samples (``__key__``, ``__url__``, ``jpg`` bytes, ``cls`` bytes) of one slice of the shard at ``path``,
-    in order; then, if the shard held fewer than the slice's count, one :class:`MissingSamples` for the rest.
+    in order; then, if the shard held fewer than the slice's count, one :class:`MissingSamples` for the rest, or, if a
+    slice that ends the shard (``to_end``) finds samples past the manifest's count, one :class:`UnlistedSamples`.
 
     A tar that cannot be opened or ends early (truncated, damaged header) ends the slice there, named in the log once
     per read; a sample cut in two comes out without one of its members and is counted as corrupt where it is read.
+    Samples past the manifest's count are not yielded: every rank's pass keeps the length the manifest gives it, so
+    that a stale manifest stops (or is counted by) all ranks together instead of one rank running long.
     """
     errors: list[str] = []
 
@@ -181,13 +184,16 @@ def shard_samples(path: str, piece: ShardSlice) -> Iterator[dict[str, Any] | Mis
         errors.append(f"{type(exn).__name__}: {message}")
         return True  # go on: webdataset then stops reading this tar at the damage
 
-    read = 0
+    read = unlisted = 0
     for position, sample in enumerate(wds.tarfile_to_samples(handler=note_error, select_files=_is_sample_member)(
             [{"url": path}])):
         if position < piece.start:
             continue
-        if position >= piece.stop and not piece.to_end:
-            break
+        if position >= piece.stop:
+            if not piece.to_end:
+                break
+            unlisted += 1
+            continue
         read += 1
         yield sample
     if read < piece.count:
@@ -195,6 +201,10 @@ def shard_samples(path: str, piece: ShardSlice) -> Iterator[dict[str, Any] | Mis
         log.warning("%s: %d of the %d samples its manifest lists here were not read (%s); they count as corrupt "
                     "where the sample order reaches them", path, missing.count, piece.count, missing.reason)
         yield missing
+    if unlisted:
+        log.warning("%s: %d samples past the %d its manifest lists were not read (the shards do not match "
+                    "manifest.json); they count as corrupt", path, unlisted, piece.stop)
+        yield UnlistedSamples(path, unlisted)
 
 
 def collate_train(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,11 +294,11 @@ class TrainStream(IterableDataset):
     def collate(self, items: list[Any]) -> Any:
         return collate_train(items)
 
-    def _items(self, samples: Iterable[dict[str, Any] | MissingSamples], rng: random.Random,
+    def _items(self, samples: Iterable[dict[str, Any] | MissingSamples | UnlistedSamples], rng: random.Random,
                tally: CorruptTally) -> Iterator[Any]:
         for sample in samples:
-            if isinstance(sample, MissingSamples):
-                tally.record_missing(sample)
+            if not isinstance(sample, dict):
+                tally.record_mismatch(sample)
                 continue
             try:
                 item = self.prepare(sample, rng)
@@ -334,11 +344,11 @@ class EvalStream(IterableDataset):
         samples = chain.from_iterable(shard_samples(self.shard_paths[piece.shard], piece) for piece in pieces)
         return wds.batched(self.batch_size, collation_fn=collate_eval, partial=True)(self._views(samples, tally))
 
-    def _views(self, samples: Iterable[dict[str, Any] | MissingSamples],
+    def _views(self, samples: Iterable[dict[str, Any] | MissingSamples | UnlistedSamples],
                tally: CorruptTally) -> Iterator[tuple[torch.Tensor, int, str]]:
         for sample in samples:
-            if isinstance(sample, MissingSamples):
-                tally.record_missing(sample)
+            if not isinstance(sample, dict):
+                tally.record_mismatch(sample)
                 continue
             try:
                 image, label = read_sample(sample, self.num_classes)
