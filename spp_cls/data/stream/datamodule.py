@@ -21,9 +21,9 @@ Exactness under DDP (ddp, ddp_spawn, torchrun, srun alike: rank and world size c
   ranks must count exactly ``expected_count(stage)``.
 
 Corrupt and missing samples (undecodable, or lost from a shard shorter than its manifest says), and samples past a
-shard's manifest count (not read), are logged and counted by shard, and judged over all ranks against ``max_corrupt_fraction`` of the pass's samples
-(:mod:`spp_cls.data.stream.corrupt`); past it every rank stops at the same batch with
-:class:`~spp_cls.data.stream.corrupt.TooManyCorruptSamples`.
+shard's manifest count (not read), are logged and counted by shard, and judged over all ranks against
+``max_corrupt_fraction`` of the pass's samples (:mod:`spp_cls.data.stream.corrupt`); past it every rank stops at the
+same batch with :class:`~spp_cls.data.stream.corrupt.TooManyCorruptSamples`.
 """
 
 from __future__ import annotations
