@@ -2,16 +2,20 @@
 offline run folders. Test files import from here, never from each other."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import random
 import signal
+import socket
 import struct
 import subprocess
 import tarfile
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +121,94 @@ def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str],
         with_stacks = output[-HUNG_OUTPUT_CHARS:]
         pytest.fail(f"{' '.join(command[:2])} hung for {timeout} s; its stacks, then killed:\n{with_stacks}")
     return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for MASTER_PORT)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Launched:
+    """Processes started at once (the "nodes" of a run, each in its own process group, output to its own file), then
+    waited for together with a hard timeout: past it, every process prints its Python stacks (SIGABRT with
+    PYTHONFAULTHANDLER=1), is SIGKILLed, and the test fails with the end of each log."""
+
+    def __init__(self, commands: list[tuple[list[str], dict[str, str]]], logs: Path) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        self.logs = [logs / f"node{index}.log" for index in range(len(commands))]
+        self.processes = []
+        for (command, env), log in zip(commands, self.logs):
+            with log.open("w") as handle:
+                self.processes.append(subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                                       env={**env, "PYTHONFAULTHANDLER": "1"},
+                                                       start_new_session=True))
+
+    def wait(self, timeout: float) -> list[int]:
+        """The exit statuses, once every process has ended."""
+        deadline = time.monotonic() + timeout
+        try:
+            return [process.wait(timeout=max(0.0, deadline - time.monotonic())) for process in self.processes]
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGABRT)
+            time.sleep(10)
+            self.kill(signal.SIGKILL)
+            for process in self.processes:
+                process.wait()
+            pytest.fail(f"still running after {timeout} s; their stacks, then killed:\n{self.outputs(10_000)}")
+
+    def kill(self, signum: int) -> None:
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+
+    def outputs(self, tail: int = HUNG_OUTPUT_CHARS) -> str:
+        return "\n".join(f"== {log.name}\n{log.read_text()[-tail:]}" for log in self.logs)
+
+    def left_behind(self) -> list[str]:
+        """The processes of the launched process groups that are still running (loader workers included), each as
+        "pid state command"."""
+        groups = {process.pid for process in self.processes}
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) in groups and fields[0] != "Z":
+                    command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+                    left.append(f"{stat.parent.name} {fields[0]} {command[:200]}")
+        return left
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, launched: Launched) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline or any(process.poll() is not None for process in launched.processes):
+            launched.kill(signal.SIGKILL)
+            pytest.fail(f"{what} did not happen in time:\n{launched.outputs(5000)}")
+        time.sleep(0.1)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def loader_workers_of(rank_pid: int) -> list[int]:
+    """The DataLoader workers of a rank: the children of the forkserver it started."""
+    return [worker for child in children_of(rank_pid)
+            if "forkserver" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="ignore")
+            for worker in children_of(child)]
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("spp-cls: error:")]
 
 
 def new_user_env(home: Path, **extra: str) -> dict[str, str]:

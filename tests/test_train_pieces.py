@@ -1,10 +1,14 @@
-"""On-device input processing and exact top-k sums."""
+"""On-device input processing, exact top-k sums, CPU threads per rank."""
+import os
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from spp_cls.protocol import PixelStatistics
 from spp_cls.train.augment import InputTransform
 from spp_cls.train.metrics import TopKErrorSums
+from spp_cls.train.rank_threads import rank_cpus
 
 
 def test_mean_subtraction_and_resize_to_the_epochs_size():
@@ -47,3 +51,13 @@ def test_topk_sums_count_only_valid_samples():
     assert top5 == 0.0  # with 3 classes every label is within the top 3
     doubled = sums.totals(lambda t: t * 2)
     assert doubled == (top1, top5, 8)
+
+
+def test_a_rank_owns_the_override_then_its_slurm_cpus_then_its_share_of_the_usable_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert rank_cpus(2, {}) == (max(1, cores // 2), f"{cores} usable cores / 2 ranks on this node")
+    assert rank_cpus(4 * cores, {}) == (1, f"{cores} usable cores / {4 * cores} ranks on this node")
+    assert rank_cpus(8, {"SLURM_CPUS_PER_TASK": "6"}) == (6, "SLURM_CPUS_PER_TASK=6")
+    assert rank_cpus(8, {"SLURM_CPUS_PER_TASK": "6", "SPP_CLS_RANK_THREADS": "3"}) == (3, "SPP_CLS_RANK_THREADS=3")
+    with pytest.raises(ValueError, match=r"^SPP_CLS_RANK_THREADS='0': expected a positive whole number"):
+        rank_cpus(1, {"SPP_CLS_RANK_THREADS": "0"})

@@ -29,7 +29,17 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ..data.stream.datamodule import ShardDataModule
 from ..protocol import MONITOR, WANDB_PROJECT, run_seed
 from . import console
+from .lost_process import (
+    LOST_CONTACT,
+    REPORTED,
+    RERUN,
+    WORKER_LOST,
+    ReportLostProcess,
+    about_lost_process,
+    first_line,
+)
 from .module import SppClassifier
+from .rank_threads import RankThreads
 from .recorder import RunRecorder
 from .requeue import SlurmRequeue
 from .rundir import named_checkpoint, resume_checkpoint, run_dir, wandb_run_id
@@ -45,6 +55,12 @@ def run_lightning(argv: list[str]) -> int:
         # Lightning stops cleanly on SIGTERM but would exit 0: a `fit && test` script must not test a half-trained run
         print("spp-cls: stopped by SIGTERM; run the same command again to resume", file=sys.stderr)
         return 143
+    except RuntimeError as error:
+        if not about_lost_process(error):
+            raise
+        if not getattr(error, REPORTED, False):  # met outside the trainer, where ReportLostProcess did not see it
+            print(f"spp-cls: error: another process of the run died ({first_line(error)}); {RERUN}", file=sys.stderr)
+        return 1 if WORKER_LOST in first_line(error) else LOST_CONTACT
     finally:
         _finish_wandb_run()
     return 0
@@ -199,7 +215,8 @@ class SppCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def run_callbacks(self, directory: Path, trainer_config: dict[str, Any]) -> list[Callback]:
-        """trainer.callbacks from the config, then the run's: recorder, checkpoints, requeue, progress bar."""
+        """trainer.callbacks from the config, then the run's: recorder, checkpoints, threads per rank, the line
+        about a dead process, requeue, progress bar."""
         extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         extra = extra if isinstance(extra, list) else [extra]
         callbacks: list[Callback] = [
@@ -213,6 +230,8 @@ class SppCLI(LightningCLI):
                             save_on_train_epoch_end=True),
             ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False,
                             save_on_train_epoch_end=True),
+            RankThreads(),
+            ReportLostProcess(),
         ]
         if SLURMEnvironment.detect():
             callbacks.append(SlurmRequeue())  # SIGUSR1 in fit, validate or test requeues the job

@@ -316,7 +316,9 @@ class ShardDataModule(pl.LightningDataModule):
     def device_decoder(self, device: torch.device) -> BatchDecoder:
         """The decoder of ``decode="device"`` batches sent to ``device`` (one per device, made at its first batch)."""
         if device not in self._decoders:
-            self._decoders[device] = BatchDecoder(device, self.decode_backend, self.decode_failures)
+            # as many CPU threads as torch's pool: the CPUs this rank owns once a run has sized it (RankThreads)
+            self._decoders[device] = BatchDecoder(device, self.decode_backend, self.decode_failures,
+                                                  cpu_threads=torch.get_num_threads())
         return self._decoders[device]
 
     def val_dataloader(self) -> wds.WebLoader:

@@ -126,13 +126,14 @@ class BatchDecoder:
             ``cpu`` on the CPU.
         budget: where undecodable files are recorded (logged, counted, capped); without one they are only logged.
         region: decode each window as a region of its file (default) rather than the whole image.
+        cpu_threads: the decoder's CPU threads (its default, 0, starts one per core of the machine in every rank).
 
     Attributes:
         cpu_fallbacks: files nvImageCodec did not decode but the host decoder did.
     """
 
     def __init__(self, device: torch.device | str, backend: DecodeBackend = "auto",
-                 budget: DecodeFailures | None = None, region: bool = True) -> None:
+                 budget: DecodeFailures | None = None, region: bool = True, cpu_threads: int = 0) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -142,7 +143,7 @@ class BatchDecoder:
         self.backend = "cpu" if device.type == "cpu" else backend
         kinds = [] if self.backend == "auto" else [getattr(nvimgcodec.BackendKind, BACKEND_KINDS[self.backend])]
         device_id = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY if device.type == "cpu" else device.index
-        self._decoder = nvimgcodec.Decoder(device_id=device_id,
+        self._decoder = nvimgcodec.Decoder(device_id=device_id, max_num_cpu_threads=cpu_threads,
                                            backends=[nvimgcodec.Backend(kind) for kind in kinds] or None)
         self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
                                                sample_format=nvimgcodec.SampleFormat.P_RGB)
