@@ -43,6 +43,8 @@ def test_two_rank_fit_and_test_agree_on_steps_sizes_and_count_every_image_once(d
         assert [r["steps"] for r in per_rank] == [3, 3]
         assert [r["train_size"] for r in per_rank] == [size, size]
         assert [r["val_images"] for r in per_rank] == [15.0, 15.0]  # reduced over ranks: every image once
+        # torch's threads sized per rank: this process's usable cores shared by the node's 2 ranks
+        assert [r["threads"] for r in per_rank] == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
     assert sorted(r["test_images"] for r in records if r["stage"] == "test") == [15.0, 15.0]
 
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"

@@ -153,7 +153,7 @@ def test_a_rank_killed_mid_epoch_ends_every_node_with_one_line_each_and_the_reru
     deadline = time.monotonic() + 15  # loader workers notice their rank is gone within 5 s
     while launched.left_behind() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert launched.left_behind() == [], "processes of the killed run outlived it"
+    assert launched.left_behind() == [], "\n".join(launched.left_behind())
 
     rerun = Launched(nodes, tmp_path / "logs-rerun")  # the same command, as a requeued job runs it
     assert rerun.wait(RUN_TIMEOUT_S) == [0, 0], rerun.outputs()
@@ -165,6 +165,9 @@ def test_a_rank_killed_mid_epoch_ends_every_node_with_one_line_each_and_the_reru
                                  for row, resumed in zip(read_summary(reference), read_summary(run))]
     resumed, uninterrupted = (torch.load(d / "last.ckpt", weights_only=True) for d in (run, reference))
     assert (resumed["epoch"], resumed["global_step"]) == (uninterrupted["epoch"], uninterrupted["global_step"])
+    # equal to float32 rounding (1e-7 relative seen): each start of a process lays out DDP's gradient buckets anew,
+    # and gloo's all-reduce adds each element's four values in an order that follows its place in a bucket
     for key, tensor in uninterrupted["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], tensor), key
+        torch.testing.assert_close(resumed["state_dict"][key], tensor, rtol=1e-5, atol=1e-8,
+                                   msg=lambda message, key=key: f"{key}: {message}")
     assert offline_run_ids(run) == {(run / "wandb_id.txt").read_text().strip()}

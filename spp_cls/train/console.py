@@ -42,6 +42,9 @@ QUIET_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
     ),
     "lightning_fabric.utilities.seed": (r"Seed set to ",),
     "pytorch_lightning.accelerators.cuda": (r"LOCAL_RANK: ",),
+    # the launcher's observer, before it kills the node's ranks: a rank that died said why, or the launcher's
+    # ReportLostProcess names the one a signal killed
+    "lightning_fabric.strategies.launchers.subprocess_script": (r"\[rank: \d+\] Child process with PID ",),
 }
 """Lightning's log records to drop, by logger and by the start of their message."""
 

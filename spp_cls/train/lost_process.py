@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -66,31 +67,39 @@ def lost_process(error: BaseException, trainer: Any) -> str | None:
     message = first_line(error)
     if WORKER_LOST in message:
         return f"a loader worker of rank {trainer.global_rank} died ({message}); {RERUN}"
-    children = ended_children(trainer)
-    killed = [phrase for status, phrase in children if status < 0]
+    ended = ended_children(trainer)
+    killed = [phrase for status, phrase in ended if status < 0]
     if killed:
         return f"{', '.join(killed)}; {RERUN}"
-    if any(status != LOST_CONTACT for status, _ in children) or trainer.local_rank != 0:
+    if any(status != LOST_CONTACT for status, _ in ended) or trainer.local_rank != 0:
         return ""  # a rank of this node that failed on its own said why; or this node's local rank 0 says it
     reason = message.split("]", 1)[-1].split(". This is typically")[0].strip()
     return (f"rank {trainer.global_rank} lost contact with the other processes of the run ({reason}): a rank of this "
             f"or another node died; {RERUN}")
 
 
-def ended_children(trainer: Any) -> list[tuple[int, str]]:
-    """The ranks this process launched on its node (Lightning's `ddp`) that have ended with a non-zero status: the
-    status (negative: the signal that killed it) and a phrase naming the rank."""
+def launched_ranks(trainer: Any) -> list[tuple[int, subprocess.Popen]]:
+    """The ranks this process launched on its node (Lightning's `ddp` launcher), with their global rank."""
     children = getattr(trainer.strategy.launcher, "procs", None) or []
+    first = trainer.node_rank * trainer.num_devices
+    return [(first + local_rank, child) for local_rank, child in enumerate(children, start=1)]
+
+
+def rank_ended(rank: int, pid: int, status: int) -> str:
+    """A phrase naming a rank of this node that ended with ``status`` (negative: the signal that killed it)."""
+    how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+    return f"rank {rank} (pid {pid}, on this node) {how}"
+
+
+def ended_children(trainer: Any) -> list[tuple[int, str]]:
+    """The launched ranks (:func:`launched_ranks`) that have ended with a non-zero status, as (status, phrase)."""
     deadline = time.monotonic() + CHILD_EXIT_WAIT_S
     ended = []
-    for local_rank, child in enumerate(children, start=1):
+    for rank, child in launched_ranks(trainer):
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(max(0.0, deadline - time.monotonic()))
-        status = child.returncode
-        if status:
-            rank = trainer.node_rank * trainer.num_devices + local_rank
-            how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
-            ended.append((status, f"rank {rank} (pid {child.pid}, on this node) {how}"))
+        if child.returncode:
+            ended.append((child.returncode, rank_ended(rank, child.pid, child.returncode)))
     return ended
 
 
@@ -103,20 +112,47 @@ def wait_for_launcher(timeout: float = LAUNCHER_WAIT_S) -> None:
 
 
 class ReportLostProcess(Callback):
-    """Prints the line of :func:`lost_process` as soon as the error reaches the trainer, before its teardown (which
-    may wait for wandb).
+    """Prints the line of :func:`lost_process`, once per process, as soon as this process learns of the death.
 
-    A rank that Lightning's `ddp` launcher started, and that only lost contact, waits for its launcher to end before
-    it exits: the launcher's process observer SIGKILLs the launcher within seconds of a child's exit, which would stop
-    it before it could say what died (it may be in the middle of a step that has not reached a collective yet).
+    Lightning's `ddp` launcher runs an observer that SIGKILLs the launcher and its ranks within 5 s of a launched
+    rank's non-zero exit, which can stop the launcher before its own next collective fails (in a long step or
+    validation). So the launcher watches each rank it launched and names one killed by a signal the moment it dies;
+    and a launched rank that only lost contact waits for its launcher to end before it exits, so that its exit does
+    not set off the observer before the launcher has said what it knows.
     """
+
+    def __init__(self) -> None:
+        self._said = False
+        self._lock = threading.Lock()
+        self._watched: set[int] = set()
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        for rank, child in launched_ranks(trainer):
+            if child.pid not in self._watched:
+                self._watched.add(child.pid)
+                threading.Thread(target=self._watch, args=(rank, child.pid), name=f"watch-rank-{rank}",
+                                 daemon=True).start()
+
+    def _watch(self, rank: int, pid: int) -> None:
+        try:  # WNOWAIT: leaves the child to be reaped by its Popen (Lightning's observer polls it)
+            ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            return  # already reaped: the run is over
+        if ended is not None and ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+            self._say(f"{rank_ended(rank, pid, -ended.si_status)}; {RERUN}")
+
+    def _say(self, line: str) -> None:
+        with self._lock:
+            if not self._said:
+                self._said = True
+                print(f"spp-cls: error: {line}", file=sys.stderr, flush=True)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         line = lost_process(exception, trainer)
         if line is None:
             return
         if line:
-            print(f"spp-cls: error: {line}", file=sys.stderr, flush=True)
+            self._say(line)
         elif trainer.local_rank != 0 and type(trainer.strategy.cluster_environment) is LightningEnvironment:
             wait_for_launcher()
         setattr(exception, REPORTED, True)

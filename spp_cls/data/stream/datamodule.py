@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
+import select
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -77,6 +80,26 @@ def loader_worker_context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WORKER_PRELOAD)
     return context
+
+
+def follow_rank(rank_pid: int, worker_id: int) -> None:
+    """The loader workers' ``worker_init_fn``: a worker ends as soon as the rank process that owns it ends.
+
+    NOTE: a worker started from the forkserver is the forkserver's child, so torch's own check (the worker's parent
+    has changed) never fires when the rank is killed, and the worker keeps the forkserver alive in turn: both lived
+    on with their shuffle buffers after a SIGKILLed rank, for as long as the node did. A thread watches the rank's
+    pidfd instead (readable once the rank has exited).
+    """
+    try:
+        rank = os.pidfd_open(rank_pid)
+    except ProcessLookupError:
+        os._exit(1)
+
+    def exit_with_rank() -> None:
+        select.select([rank], [], [])
+        os._exit(1)
+
+    threading.Thread(target=exit_with_rank, name="follow-rank", daemon=True).start()
 
 
 def pad_batches(batches: Iterable[EvalBatch], total: int, padding: EvalBatch) -> Iterator[EvalBatch]:
@@ -333,6 +356,7 @@ class ShardDataModule(pl.LightningDataModule):
         return wds.WebLoader(
             stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=False, multiprocessing_context=loader_worker_context() if workers else None,
+            worker_init_fn=partial(follow_rank, os.getpid()) if workers else None,
         )
 
     def _budget(self, manifest: Manifest, what: str, rank: int, world_size: int) -> CorruptBudget:
