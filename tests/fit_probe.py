@@ -1,7 +1,7 @@
-"""Callbacks the process tests add through a config: RankProbe (the DDP and multi-node tests) has each rank append
-what it did per epoch to its own JSON-lines file, so the test can compare ranks after the processes have ended;
-HoldOnce (the SLURM and killed-process tests) holds a step open long enough to be signalled or killed in the middle
-of it."""
+"""Callbacks the process tests add through a config: RankProbe (the DDP, multi-node and SLURM tests) has each rank
+append what it did per epoch, and where it ran, to its own JSON-lines file, so the test can compare ranks after the
+processes have ended; HoldOnce (the SLURM and killed-process tests) holds a step open long enough to be signalled or
+killed in the middle of it."""
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +30,11 @@ class RankProbe(pl.Callback):
     def _write(self, trainer: pl.Trainer, record: dict) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with (self.out_dir / f"rank{trainer.global_rank}.jsonl").open("a") as handle:
-            handle.write(json.dumps({"rank": trainer.global_rank, "world": trainer.world_size, **record}) + "\n")
+            # the node: Lightning's node rank and count, and SLURM's name for it (None outside SLURM)
+            where = {"node_rank": trainer.node_rank, "num_nodes": trainer.num_nodes,
+                     "node": os.environ.get("SLURMD_NODENAME")}
+            handle.write(json.dumps({"rank": trainer.global_rank, "world": trainer.world_size, **where, **record})
+                         + "\n")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.steps = 0

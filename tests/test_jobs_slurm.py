@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,83 +14,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import offline_run_ids
+from helpers import (
+    CPU_OVERRIDES,
+    REPO,
+    job_records,
+    local_slurm_cluster,
+    offline_run_ids,
+    script_env,
+    submit_fit_sbatch,
+    tail_of_logs,
+    wait_until_done,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
-CLUSTER = REPO / "jobs" / "slurm" / "local_cluster.sh"
-DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
-# the table configs at CPU scale; the scripts add data root, runs dir, experiment, num_nodes, devices and workers
-CPU_OVERRIDES = (
-    "--trainer.accelerator cpu --trainer.precision 32-true --trainer.enable_progress_bar false "
-    "--trainer.enable_model_summary false --model.width 0.125 --model.init kaiming --model.channels_last false "
-    "--model.reference_batch 8 --model.lr 0.005 --data.batch_size 8 --data.eval_workers 0"
-)
 
 
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[None]:
     """A SLURM cluster that answers: one already running, or one brought up (and down afterwards) by the script."""
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root (it installs packages and starts daemons); CI runs as root")
-    already_up = subprocess.run([str(CLUSTER), "status"], check=False, capture_output=True, timeout=60).returncode == 0
-    if not already_up:
-        up = subprocess.run([str(CLUSTER), "up"], check=False, capture_output=True, text=True, timeout=600)
-        if up.returncode != 0 and "apt-get" in up.stderr:
-            pytest.skip(f"cannot install SLURM here: {up.stderr.strip().splitlines()[-1]}")
-        assert up.returncode == 0, up.stdout + up.stderr
-    yield
-    if not already_up:
-        subprocess.run([str(CLUSTER), "down"], check=True, timeout=60)
-
-
-def job_records(job_id: str) -> list[dict[str, str]]:
-    """`scontrol show job` as one dict per job (an array job gives one per task)."""
-    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True,
-                         timeout=30).stdout
-    return [dict(re.findall(r"(\S+?)=(\S*)", record)) for record in out.split("\n\n") if "JobId=" in record]
-
-
-def wait_until_done(job_id: str, timeout: float, logs: Path) -> list[dict[str, str]]:
-    """Poll until every task of the job has ended; scancel it and fail past `timeout` (the hard limit of a job)."""
-    deadline = time.monotonic() + timeout
-    released: set[tuple[str, str]] = set()  # (job, restart count) already given an earlier start time
-    while time.monotonic() < deadline:
-        records = job_records(job_id)
-        if all(r["JobState"] in DONE_STATES for r in records):
-            return records
-        for record in records:
-            restart = (record["JobId"], record["Restarts"])
-            if record["JobState"] == "PENDING" and record.get("Reason") == "BeginTime" and restart not in released:
-                # A requeued job waits cred_expire (120 s by default) before it may start again: start it sooner,
-                # but not within the second of the requeue. slurmd revokes the killed incarnation's credential at
-                # whole-second resolution (ctime <= revoke time), so a start in that same second is refused with
-                # "Job credential revoked" and the job ends FAILED (SLURM 22.05; seen once in CI).
-                subprocess.run(["scontrol", "update", f"JobId={record['JobId']}", "StartTime=now+2"], check=True,
-                               timeout=30)
-                released.add(restart)
-        time.sleep(0.5)
-    subprocess.run(["scancel", job_id], check=False, timeout=30)
-    pytest.fail(f"job {job_id} still running after {timeout} s; cancelled:\n{tail_of_logs(logs)}")
-
-
-def tail_of_logs(directory: Path) -> str:
-    return "\n".join(f"== {log}\n{log.read_text()[-3000:]}" for log in sorted(directory.glob("*.out")))
-
-
-def script_env(demo_shards: Path, tmp_path: Path, **settings: str) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "WANDB_MODE": "offline",
-            "SPP_CLS_DATA": str(demo_shards), "SPP_CLS_RUNS": str(tmp_path / "runs"), **settings}
-
-
-def submit_fit_sbatch(env: dict[str, str], tmp_path: Path, *overrides: str) -> str:
-    """Plain sbatch of fit.sbatch on the zf5_spp_multi config at CPU scale: its #SBATCH lines, the shape changed on
-    the sbatch line (2 tasks, no GPU), the log in tmp_path/fit-<job>.out; returns the job id."""
-    command = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10",
-               f"--output={tmp_path}/fit-%j.out", str(REPO / "jobs/slurm/fit.sbatch"),
-               "configs/table1/zf5_spp_multi.yaml", *CPU_OVERRIDES.split(), "--trainer.strategy", "ddp", *overrides]
-    return subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO,
-                          timeout=60).stdout.strip()
+    with local_slurm_cluster(nodes=1):
+        yield
 
 
 def wait_while_running(job_id: str, reached: Callable[[], bool], what: str, timeout: float, logs: Path) -> None:

@@ -125,7 +125,8 @@ spp_run_cell() {
     # shellcheck disable=SC2206  # the extra overrides are whitespace-separated on purpose
     args+=(${SPP_CLS_EXTRA_ARGS:-} "$@")
     echo "spp-cls job: $(date -Is) job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $config on" \
-         "$NODES node(s) x $TASKS_PER_NODE task(s), $CPUS_PER_TASK CPU(s) and $WORKERS loader worker(s) per task"
+         "$NODES node(s) x $TASKS_PER_NODE task(s), $CPUS_PER_TASK CPU(s) and $WORKERS loader worker(s) per task," \
+         "nodes ${SLURM_JOB_NODELIST:-?}"
     spp_step spp-cls fit "${args[@]}"
     spp_step spp-cls test "${args[@]}"
 }
