@@ -39,7 +39,7 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("script", ["compile_times.py", "data_throughput.py", "gpu_measure.py"])
+@pytest.mark.parametrize("script", ["compile_times.py", "data_throughput.py", "gpu_measure.py", "rank_threads.py"])
 def test_each_script_runs_from_a_checkout_that_is_not_installed(tmp_path: Path, script: str) -> None:
     run = run_hard_timeout([sys.executable, "-c", AS_UNINSTALLED_SCRIPT, str(BENCHMARKS / script), "--help"],
                            timeout=120, env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)

@@ -47,6 +47,7 @@ def test_fit_sbatch_on_two_nodes_trains_one_ddp_run_of_four_ranks(slurm_two_node
         assert [r["steps"] for r in per_rank] == [1, 1, 1, 1]
         assert [r["train_size"] for r in per_rank] == [size] * 4
         assert [r["val_images"] for r in per_rank] == [15.0] * 4  # reduced over ranks: every image once
+        assert [r["threads"] for r in per_rank] == [1] * 4  # torch's threads: the task's --cpus-per-task
     assert [r["test_images"] for r in records if r["stage"] == "test"] == [15.0] * 4
 
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"

@@ -18,6 +18,7 @@
 #   SPP_CLS_EXTRA_ARGS     overrides for every fit and test, whitespace-separated (not ones that move the run
 #                          directory: backbone, head, size schedule, runs_dir, experiment, seed)
 #   SPP_CLS_VENV / SPP_CLS_MODULES / SPP_CLS_SETUP   how to get spp-cls on PATH     default: .venv if present
+#   SPP_CLS_RANK_THREADS   CPU threads per rank (torch, JPEG decoder)      default: cores / (GPUs in use)
 #
 # Concurrent runs get disjoint GPUs through CUDA_VISIBLE_DEVICES (a subset of the one you set, if you set one).
 # Each cell's output goes to table1.log in its run directory (runs/table1/<backbone>-<variant>/); this script
@@ -48,6 +49,9 @@ if ! [[ $per_run =~ ^[1-9][0-9]*$ ]] || ((per_run > gpus)); then
     die "SPP_CLS_GPUS_PER_RUN=$per_run does not fit $gpus GPUs"
 fi
 slots=$((gpus / per_run))
+# the ranks of all the slots share this machine's cores (one run alone would size its threads for its own ranks only)
+threads=$(($(nproc) / (slots * per_run)))
+export SPP_CLS_RANK_THREADS=${SPP_CLS_RANK_THREADS:-$((threads > 0 ? threads : 1))}
 
 export SPP_CLS_EXPERIMENT=${SPP_CLS_EXPERIMENT:-${SPP_CLS_TABLE:-table1}}
 export SPP_CLS_RUNS=${SPP_CLS_RUNS:-runs}

@@ -77,7 +77,8 @@ spp_setup() {
     TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE%%(*}
     CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}
     WORKERS=${SPP_CLS_WORKERS:-$((CPUS_PER_TASK > 1 ? CPUS_PER_TASK - 1 : 0))}
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the loader workers do the CPU work; torchrun sets the same
+    # for the OpenMP libraries of the loader workers; spp-cls sizes torch's own threads per rank (SLURM_CPUS_PER_TASK)
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     _note_shape SPP_CLS_NODES "$NODES"
     _note_shape SPP_CLS_GPUS_PER_NODE "$TASKS_PER_NODE"
 }

@@ -30,11 +30,12 @@ def rank_cpus(local_ranks: int, environ: Mapping[str, str] = os.environ) -> tupl
 
 
 class RankThreads(Callback):
-    """Sets torch's intra-op threads of every rank to :func:`rank_cpus` when a run starts and says so once; the
-    device JPEG decoder is made with the same number (``ShardDataModule.device_decoder``)."""
+    """Sets torch's intra-op threads of every rank to :func:`rank_cpus` when a run starts, and says so once when there
+    are several ranks; the device JPEG decoder is made with the same number (``ShardDataModule.device_decoder``)."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         threads, source = rank_cpus(trainer.num_devices)
         torch.set_num_threads(threads)
-        hint = "" if source.startswith(OVERRIDE) else f"; {OVERRIDE}=N overrides"
-        rank_zero_info(f"spp-cls: {threads} CPU thread(s) per rank for torch and the JPEG decoder ({source}{hint})")
+        if trainer.world_size > 1:  # one process shares its cores with no other rank: nothing to say
+            hint = "" if source.startswith(OVERRIDE) else f"; {OVERRIDE}=N overrides"
+            rank_zero_info(f"spp-cls: {threads} CPU thread(s) per rank for torch and the JPEG decoder ({source}{hint})")
