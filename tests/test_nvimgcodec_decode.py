@@ -226,7 +226,8 @@ def test_a_file_that_does_not_decode_is_counted_named_and_replaced_by_the_next_g
     assert torch.equal(images[1], images[2])
     single, _ = decoded(collate_jpegs([crop_of(files[2], 240, 232, 2, 12, "k2")]))
     assert torch.equal(images[2], single[0])
-    assert (failures.seen, failures.corrupt) == (4, 1) and epoch_budget.local.tolist() == [1]
+    # one corrupt sample (row 0), none past a manifest count (row 1)
+    assert (failures.seen, failures.corrupt) == (4, 1) and epoch_budget.local.tolist() == [[1], [0]]
     assert "corrupt sample k1 in shard.tar: JPEG does not decode: Bogus Huffman table definition; replaced in its " \
            "batch by k2" in caplog.text
     epoch_budget.judge()  # 1 of 4 is within max_corrupt_fraction 0.5
@@ -246,7 +247,7 @@ def test_a_decode_failure_is_judged_with_the_training_epochs_budget_naming_its_s
     budget = datamodule._budget(datamodule.train_manifest, "training epoch 0", 0, 1)
     datamodule.budgets["fit"] = budget
     decoder(batch)
-    assert budget.local[3] == 1 and budget.local.sum() == 1
+    assert budget.local[0, 3] == 1 and budget.local.sum() == 1  # row 0: corrupt or missing
     with pytest.raises(TooManyCorruptSamples, match=f"{shard.name} \\(1\\)"):
         budget.judge()
 
