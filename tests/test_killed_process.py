@@ -1,7 +1,7 @@
 """A process of a 2-rank `spp-cls fit` (Lightning's `ddp` launcher, gloo on the CPU) killed with SIGKILL: a rank in
 the middle of a validation pass, or a loader worker in the middle of an epoch. The run must end in bounded time, exit
-non-zero with one line saying what died, leave no process behind, and resume when the same command runs again.
-(A rank killed mid-epoch on another node: tests/test_multinode.py.)"""
+non-zero with one line saying what died and leave no process behind. (A rank killed mid-epoch on another node, and the
+same command resuming the run: tests/test_multinode.py.)"""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Launched, cpu_args, error_lines, loader_workers_of, read_summary, wait_for
+from helpers import Launched, cpu_args, error_lines, loader_workers_of, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 SPP_CLS = str(Path(sys.executable).with_name("spp-cls"))
@@ -27,7 +27,7 @@ def fit_command(shards: Path, tmp_path: Path, hold: str, *extra: str) -> list[st
         "trainer:\n  callbacks:\n"
         f"    - class_path: fit_probe.RankProbe\n      init_args:\n        out_dir: {tmp_path / 'probe'}\n"
         f"    - class_path: fit_probe.HoldOnce\n      init_args:\n        marker: {tmp_path / 'held'}\n"
-        f"        seconds: 10\n        {hold}\n")
+        f"        seconds: 4\n        {hold}\n")
     return [SPP_CLS, "fit", *cpu_args(shards, tmp_path / "runs", "--config", str(config), "--trainer.devices", "2",
                                       "--trainer.strategy", "ddp", "--data.num_workers", "1", "--wandb", "false",
                                       *extra)]
@@ -48,7 +48,7 @@ def end_of(launched: Launched, killed_at: float) -> tuple[int, str]:
     return status, launched.logs[0].read_text()
 
 
-def test_a_rank_killed_mid_validation_ends_the_run_with_one_line_and_the_same_command_resumes(
+def test_a_rank_killed_mid_validation_ends_the_run_with_one_line_and_leaves_its_checkpoint(
         demo_shards: Path, tmp_path: Path) -> None:
     # rank 0 holds the first batch of epoch 1's validation (epoch 0 is checkpointed); rank 1 is validating too
     command = fit_command(demo_shards, tmp_path, "where: validation\n        epoch: 1", "--trainer.max_epochs", "2")
@@ -60,12 +60,8 @@ def test_a_rank_killed_mid_validation_ends_the_run_with_one_line_and_the_same_co
     assert status != 0 and error_lines(output) == [
         f"spp-cls: error: rank 1 (pid {victim}, on this node) was killed by SIGKILL; {RERUN}"], output[-3000:]
     assert "Traceback" not in output and "Child process with PID" not in output, output[-3000:]
-
-    rerun = Launched([(command, env())], tmp_path / "logs-rerun")
-    assert rerun.wait(RUN_TIMEOUT_S) == [0], rerun.outputs()
-    run = tmp_path / "runs" / "t" / "zf5-spp_multi"
-    assert f"resuming from {run}/last.ckpt" in rerun.logs[0].read_text()
-    assert [row["epoch"] for row in read_summary(run)] == ["0", "1"]
+    # what the same command resumes from (it does: tests/test_multinode.py runs it again)
+    assert (tmp_path / "runs" / "t" / "zf5-spp_multi" / "last.ckpt").is_file()
 
 
 def test_a_killed_loader_worker_ends_the_run_with_one_line_naming_it(demo_shards: Path, tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def test_torchrun_nodes_split_every_epoch_over_four_ranks_count_each_image_once_
 def test_a_rank_killed_mid_epoch_ends_every_node_with_one_line_each_and_the_rerun_equals_an_uninterrupted_run(
         torchrun_run: Path, demo_shards: Path, tmp_path: Path) -> None:
     marker = tmp_path / "held"
-    hold = f"marker: {marker}\n        seconds: 10\n        where: train\n        epoch: 1"
+    hold = f"marker: {marker}\n        seconds: 4\n        where: train\n        epoch: 1"
     args = node_args(demo_shards, tmp_path, hold)
     nodes = lightning_nodes("fit", args, free_port())
     launched = Launched(nodes, tmp_path / "logs-killed")
