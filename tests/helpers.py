@@ -179,8 +179,7 @@ class Launched:
             with contextlib.suppress(OSError):
                 fields = stat.read_text().rsplit(")", 1)[1].split()
                 if int(fields[2]) in groups and fields[0] != "Z":
-                    command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-                    left.append(f"{stat.parent.name} {fields[0]} {command[:200]}")
+                    left.append(f"{stat.parent.name} {fields[0]} {command_line(int(stat.parent.name))[:200]}")
         return left
 
 
@@ -204,10 +203,17 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """The command line of a process ("" once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+    except OSError:
+        return ""
+
+
 def loader_workers_of(rank_pid: int) -> list[int]:
     """The DataLoader workers of a rank: the children of the forkserver it started."""
-    return [worker for child in children_of(rank_pid)
-            if "forkserver" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="ignore")
+    return [worker for child in children_of(rank_pid) if "forkserver" in command_line(child)
             for worker in children_of(child)]
 
 

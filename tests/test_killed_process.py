@@ -20,14 +20,15 @@ ENDED_WITHIN_S = 45
 RERUN = "run the same command again to resume from the last checkpoint"
 
 
-def fit_command(shards: Path, tmp_path: Path, hold: str, *extra: str) -> list[str]:
-    """`spp-cls fit` on 2 ranks with fit_probe.RankProbe (each rank's pid) and fit_probe.HoldOnce(``hold``)."""
+def fit_command(shards: Path, tmp_path: Path, hold: str, *extra: str, seconds: int = 4) -> list[str]:
+    """`spp-cls fit` on 2 ranks with fit_probe.RankProbe (each rank's pid) and fit_probe.HoldOnce(``hold``), which holds
+    rank 0 for ``seconds``."""
     config = tmp_path / "probe.yaml"
     config.write_text(
         "trainer:\n  callbacks:\n"
         f"    - class_path: fit_probe.RankProbe\n      init_args:\n        out_dir: {tmp_path / 'probe'}\n"
         f"    - class_path: fit_probe.HoldOnce\n      init_args:\n        marker: {tmp_path / 'held'}\n"
-        f"        seconds: 4\n        {hold}\n")
+        f"        seconds: {seconds}\n        {hold}\n")
     return [SPP_CLS, "fit", *cpu_args(shards, tmp_path / "runs", "--config", str(config), "--trainer.devices", "2",
                                       "--trainer.strategy", "ddp", "--data.num_workers", "1", "--wandb", "false",
                                       *extra)]
@@ -67,10 +68,12 @@ def test_a_rank_killed_mid_validation_ends_the_run_with_one_line_and_leaves_its_
 def test_a_killed_loader_worker_ends_the_run_with_one_line_naming_it(demo_shards: Path, tmp_path: Path) -> None:
     # batches of 2: 15 steps an epoch, so rank 1 asks its worker for more than it had made before it was killed
     command = fit_command(demo_shards, tmp_path, "where: train\n        epoch: 0", "--trainer.max_epochs", "1",
-                          "--data.batch_size", "2")
+                          "--data.batch_size", "2", seconds=10)
     launched = Launched([(command, env())], tmp_path / "logs")
     wait_for((tmp_path / "held").exists, RUN_TIMEOUT_S, "the held first step", launched)
-    [worker] = loader_workers_of(int((tmp_path / "probe" / "rank1.pid").read_text()))
+    rank1 = int((tmp_path / "probe" / "rank1.pid").read_text())
+    wait_for(lambda: bool(loader_workers_of(rank1)), 8, "rank 1's loader worker", launched)  # it may start later
+    [worker] = loader_workers_of(rank1)
     os.kill(worker, signal.SIGKILL)
     status, output = end_of(launched, time.monotonic())
     assert status != 0 and error_lines(output) == [
