@@ -54,7 +54,7 @@ def test_compile_times_writes_each_figure_at_once_and_records_a_process_cut_by_t
     out = tmp_path / "figures.jsonl"
     run = run_hard_timeout([sys.executable, str(BENCHMARKS / "compile_times.py"), "--model", "zf5_spp",
                             "convnet5_spp", "--sizes", "224,180", "--width", "0.0625", "--batch-size", "2",
-                            "--steps", "1", "--device", "cpu", "--cold-only", "--deadline", "40", "--out", str(out)],
+                            "--steps", "1", "--device", "cpu", "--cold-only", "--deadline", "25", "--out", str(out)],
                            timeout=180, env=dict(os.environ))
     assert run.returncode == 0, run.stdout
     records = jsonl(out)
@@ -73,10 +73,10 @@ def test_the_gpu_script_ends_every_step_within_its_budget(tmp_path: Path) -> Non
     out = tmp_path / "results"
     started = time.monotonic()
     run = run_hard_timeout(["bash", str(BENCHMARKS / "gpu_figures.sh"), "--out", str(out)], timeout=120,
-                           env={**os.environ, "GPU_FIGURES_BUDGET_S": "45", "PYTHON": sys.executable}, cwd=tmp_path)
+                           env={**os.environ, "GPU_FIGURES_BUDGET_S": "30", "PYTHON": sys.executable}, cwd=tmp_path)
     elapsed = time.monotonic() - started
     assert run.returncode == 0, run.stdout
-    assert elapsed < 45 + 5  # the budget, kill-after included; a few seconds of bash around it
+    assert elapsed < 30 + 5  # the budget, kill-after included; a few seconds of bash around it
     records = jsonl(out / "figures.jsonl")
     steps = {record["step"]: record["status"] for record in records if record["figure"] == "step"}
     assert tuple(steps) == GPU_SCRIPT_STEPS

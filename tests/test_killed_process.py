@@ -68,7 +68,7 @@ def test_a_rank_killed_mid_validation_ends_the_run_with_one_line_and_leaves_its_
 def test_a_killed_loader_worker_ends_the_run_with_one_line_naming_it(demo_shards: Path, tmp_path: Path) -> None:
     # batches of 2: 15 steps an epoch, so rank 1 asks its worker for more than it had made before it was killed
     command = fit_command(demo_shards, tmp_path, "where: train\n        epoch: 0", "--trainer.max_epochs", "1",
-                          "--data.batch_size", "2", seconds=10)
+                          "--data.batch_size", "2", seconds=6)
     launched = Launched([(command, env())], tmp_path / "logs")
     wait_for((tmp_path / "held").exists, RUN_TIMEOUT_S, "the held first step", launched)
     rank1 = int((tmp_path / "probe" / "rank1.pid").read_text())
