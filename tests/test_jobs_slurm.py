@@ -131,12 +131,12 @@ def test_fit_sbatch_signalled_after_training_requeues_and_still_tests(slurm, dem
     marker = tmp_path / "held"
     probe_config = tmp_path / "probe.yaml"
     probe_config.write_text("trainer:\n  callbacks:\n    - class_path: fit_probe.HoldOnce\n      init_args:\n"
-                            f"        marker: {marker}\n        seconds: 10\n        where: {hold}\n")
+                            f"        marker: {marker}\n        seconds: 5\n        where: {hold}\n")
     env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t", PYTHONPATH=str(Path(__file__).parent))
     job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", "1", "--config", str(probe_config))
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"
 
-    # signal it inside the batch that the probe holds for 10 s
+    # signal it inside the batch that the probe holds for 5 s
     wait_while_running(job_id, marker.exists, f"the held {hold} batch", timeout=180, logs=tmp_path)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
 

@@ -53,10 +53,10 @@ def probe_config(tmp_path: Path, hold: str = "") -> Path:
     return path
 
 
-def node_args(shards: Path, tmp_path: Path, hold: str = "") -> list[str]:
+def node_args(shards: Path, tmp_path: Path, hold: str = "", workers: int = 1) -> list[str]:
     return cpu_args(shards, tmp_path / "runs", "--config", str(probe_config(tmp_path, hold)), "--trainer.num_nodes",
                     str(NODES), "--trainer.devices", str(RANKS_PER_NODE), "--trainer.strategy", "ddp",
-                    "--data.batch_size", "4", "--data.num_workers", "1", "--trainer.max_epochs", "2")
+                    "--data.batch_size", "4", "--data.num_workers", str(workers), "--trainer.max_epochs", "2")
 
 
 def base_env() -> dict[str, str]:
@@ -81,10 +81,11 @@ def records(tmp_path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def torchrun_run(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`fit` (2 epochs) then `test`, each as 2 torchrun nodes; returns the test's folder."""
+    """`fit` (2 epochs) then `test`, each as 2 torchrun nodes, loading in the ranks (the other test has loader
+    workers); returns the test's folder."""
     tmp_path = tmp_path_factory.mktemp("torchrun")
     for command in ("fit", "test"):
-        launched = Launched(torchrun_nodes(command, node_args(demo_shards, tmp_path), free_port()),
+        launched = Launched(torchrun_nodes(command, node_args(demo_shards, tmp_path, workers=0), free_port()),
                             tmp_path / f"logs-{command}")
         assert launched.wait(RUN_TIMEOUT_S) == [0, 0], launched.outputs()
     return tmp_path
