@@ -105,7 +105,8 @@ def test_torchrun_nodes_split_every_epoch_over_four_ranks_count_each_image_once_
         assert [r["steps"] for r in per_rank] == [3] * WORLD  # floor(60 / (4 x 4)) on every rank
         assert {r["train_size"] for r in per_rank} == {size}
         # each rank trained on the images of its own global rank's stream (a rank of node 1 that took its local
-        # rank for its place would repeat node 0's images), so no two ranks trained on the same 12
+        # rank for its place would repeat node 0's images); the streams resample shards, so two ranks may share an
+        # image within an epoch, but no two ranks trained on the same set of 12
         for record in per_rank:
             expected = train_digests(datamodule, epoch=epoch, rank=record["rank"], world_size=WORLD)
             assert record["digests"] == [digest for batch in expected for digest in batch]
