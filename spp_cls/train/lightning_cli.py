@@ -29,15 +29,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ..data.stream.datamodule import ShardDataModule
 from ..protocol import MONITOR, WANDB_PROJECT, run_seed
 from . import console
-from .lost_process import (
-    LOST_CONTACT,
-    REPORTED,
-    RERUN,
-    WORKER_LOST,
-    ReportLostProcess,
-    about_lost_process,
-    first_line,
-)
+from .lost_process import REPORTED, RERUN, ReportLostProcess, about_lost_process, exit_status, first_line
 from .module import SppClassifier
 from .rank_threads import RankThreads
 from .recorder import RunRecorder
@@ -60,7 +52,7 @@ def run_lightning(argv: list[str]) -> int:
             raise
         if not getattr(error, REPORTED, False):  # met outside the trainer, where ReportLostProcess did not see it
             print(f"spp-cls: error: another process of the run died ({first_line(error)}); {RERUN}", file=sys.stderr)
-        return 1 if WORKER_LOST in first_line(error) else LOST_CONTACT
+        return exit_status(error)
     finally:
         _finish_wandb_run()
     return 0

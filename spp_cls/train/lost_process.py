@@ -59,6 +59,12 @@ def about_lost_process(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and (WORKER_LOST in message or any(p in message for p in PEER_LOST))
 
 
+def exit_status(error: BaseException) -> int:
+    """The exit status of a rank that met ``error`` (:func:`about_lost_process`): 1 when its own loader worker died,
+    ``LOST_CONTACT`` when another process of the run did."""
+    return 1 if WORKER_LOST in first_line(error) else LOST_CONTACT
+
+
 def lost_process(error: BaseException, trainer: Any) -> str | None:
     """The line to print about the process whose death raised ``error`` in this rank, "" when another process of this
     node prints it, or None when ``error`` is not about a dead process."""
