@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import webdataset as wds
+import yaml
 from PIL import Image
 
 from spp_cls.data.stream.corrupt import CorruptBudget, DecodeFailures
@@ -106,25 +108,12 @@ HUNG_OUTPUT_CHARS = 20_000
 
 def run_hard_timeout(command: list[str], timeout: float, env: dict[str, str],
                      cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run in a new process group, output captured; on timeout fail the test with every process's Python stacks.
-
-    The processes (ranks, loader workers: all inherit the environment) run with PYTHONFAULTHANDLER=1, so the SIGABRT
-    sent to the group on timeout makes each of them print the traceback of every thread; SIGKILL follows.
-    """
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**env, "PYTHONFAULTHANDLER": "1"}, start_new_session=True, cwd=cwd)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGABRT)
-        try:
-            output, _ = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-        with_stacks = output[-HUNG_OUTPUT_CHARS:]
-        pytest.fail(f"{' '.join(command[:2])} hung for {timeout} s; its stacks, then killed:\n{with_stacks}")
-    return subprocess.CompletedProcess(command, process.returncode, output)
+    """Run in a new process group, output captured; on timeout fail the test with every process's Python stacks
+    (:class:`Launched`, for one process)."""
+    with tempfile.TemporaryDirectory() as logs:
+        launched = Launched([(command, env)], Path(logs), cwd=cwd)
+        [status] = launched.wait(timeout)
+        return subprocess.CompletedProcess(command, status, launched.logs[0].read_text())
 
 
 def free_port() -> int:
@@ -136,10 +125,11 @@ def free_port() -> int:
 
 class Launched:
     """Processes started at once (the "nodes" of a run, each in its own process group, output to its own file), then
-    waited for together with a hard timeout: past it, every process prints its Python stacks (SIGABRT with
-    PYTHONFAULTHANDLER=1), is SIGKILLed, and the test fails with the end of each log."""
+    waited for together with a hard timeout: past it, every process (ranks, loader workers: all inherit the
+    environment, with PYTHONFAULTHANDLER=1) prints the Python stacks of its threads on SIGABRT, is SIGKILLed, and the
+    test fails with the end of each log."""
 
-    def __init__(self, commands: list[tuple[list[str], dict[str, str]]], logs: Path) -> None:
+    def __init__(self, commands: list[tuple[list[str], dict[str, str]]], logs: Path, cwd: Path | None = None) -> None:
         logs.mkdir(parents=True, exist_ok=True)
         self.logs = [logs / f"node{index}.log" for index in range(len(commands))]
         self.processes = []
@@ -147,7 +137,7 @@ class Launched:
             with log.open("w") as handle:
                 self.processes.append(subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True,
                                                        env={**env, "PYTHONFAULTHANDLER": "1"},
-                                                       start_new_session=True))
+                                                       start_new_session=True, cwd=cwd))
 
     def wait(self, timeout: float) -> list[int]:
         """The exit statuses, once every process has ended."""
@@ -160,7 +150,7 @@ class Launched:
             self.kill(signal.SIGKILL)
             for process in self.processes:
                 process.wait()
-            pytest.fail(f"still running after {timeout} s; their stacks, then killed:\n{self.outputs(10_000)}")
+            pytest.fail(f"still running after {timeout} s; their stacks, then killed:\n{self.outputs()}")
 
     def kill(self, signum: int) -> None:
         for process in self.processes:
@@ -174,13 +164,8 @@ class Launched:
         """The processes of the launched process groups that are still running (loader workers included), each as
         "pid state command"."""
         groups = {process.pid for process in self.processes}
-        left = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) in groups and fields[0] != "Z":
-                    left.append(f"{stat.parent.name} {fields[0]} {command_line(int(stat.parent.name))[:200]}")
-        return left
+        return [f"{pid} {state} {command_line(pid)[:200]}" for pid, state, _, group in running_processes()
+                if group in groups and state != "Z"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, launched: Launched) -> None:
@@ -192,15 +177,18 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, launched:
         time.sleep(0.1)
 
 
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
+def running_processes() -> list[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process, from /proc."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
+            state, parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            found.append((int(stat.parent.name), state, int(parent), int(group)))
     return found
+
+
+def children_of(pid: int) -> list[int]:
+    return [child for child, _, parent, _ in running_processes() if parent == pid]
 
 
 def command_line(pid: int) -> str:
@@ -215,6 +203,26 @@ def loader_workers_of(rank_pid: int) -> list[int]:
     """The DataLoader workers of a rank: the children of the forkserver it started."""
     return [worker for child in children_of(rank_pid) if "forkserver" in command_line(child)
             for worker in children_of(child)]
+
+
+def probe_config(path: Path, probe_dir: Path | None = None, hold: dict[str, object] | None = None) -> Path:
+    """A config file at ``path`` that adds tests/fit_probe.py's RankProbe (writing into ``probe_dir``) and, given
+    ``hold``, HoldOnce(**hold); the run needs tests/ on PYTHONPATH."""
+    callbacks: list[dict[str, object]] = []
+    if probe_dir is not None:
+        callbacks.append({"class_path": "fit_probe.RankProbe", "init_args": {"out_dir": str(probe_dir)}})
+    if hold is not None:
+        callbacks.append({"class_path": "fit_probe.HoldOnce",
+                          "init_args": {key: str(value) if isinstance(value, Path) else value
+                                        for key, value in hold.items()}})
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return path
+
+
+def probe_records(probe_dir: Path) -> list[dict]:
+    """What RankProbe wrote: one record per rank and epoch (stage "fit") or test (stage "test")."""
+    return [json.loads(line) for path in sorted(probe_dir.glob("rank*.jsonl"))
+            for line in path.read_text().splitlines()]
 
 
 def error_lines(output: str) -> list[str]:

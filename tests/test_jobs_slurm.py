@@ -20,6 +20,7 @@ from helpers import (
     job_records,
     local_slurm_cluster,
     offline_run_ids,
+    probe_config,
     script_env,
     submit_fit_sbatch,
     tail_of_logs,
@@ -129,11 +130,9 @@ def test_fit_sbatch_signalled_after_training_requeues_and_still_tests(slurm, dem
     """A time limit that falls after the last training batch (in the final validation of `fit`, or in the 10-view
     test) requeues the job too: the requeued `fit` finds training done and the test runs to the end."""
     marker = tmp_path / "held"
-    probe_config = tmp_path / "probe.yaml"
-    probe_config.write_text("trainer:\n  callbacks:\n    - class_path: fit_probe.HoldOnce\n      init_args:\n"
-                            f"        marker: {marker}\n        seconds: 5\n        where: {hold}\n")
+    config = probe_config(tmp_path / "probe.yaml", hold={"marker": marker, "seconds": 5, "where": hold})
     env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t", PYTHONPATH=str(Path(__file__).parent))
-    job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", "1", "--config", str(probe_config))
+    job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", "1", "--config", str(config))
     run = tmp_path / "runs" / "t" / "zf5-spp_multi"
 
     # signal it inside the batch that the probe holds for 5 s

@@ -7,7 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import local_slurm_cluster, offline_run_ids, script_env, submit_fit_sbatch, wait_until_done
+from helpers import (
+    local_slurm_cluster,
+    offline_run_ids,
+    probe_config,
+    probe_records,
+    script_env,
+    submit_fit_sbatch,
+    wait_until_done,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -21,13 +29,11 @@ def slurm_two_nodes() -> Iterator[None]:
 
 def test_fit_sbatch_on_two_nodes_trains_one_ddp_run_of_four_ranks(slurm_two_nodes, demo_shards, tmp_path):
     probe = tmp_path / "probe"
-    probe_config = tmp_path / "probe.yaml"
-    probe_config.write_text("trainer:\n  callbacks:\n    - class_path: fit_probe.RankProbe\n"
-                            f"      init_args:\n        out_dir: {probe}\n")
+    config = probe_config(tmp_path / "probe.yaml", probe)
     # the local nodes' names mean nothing outside SLURM: point Lightning at the first node's address itself
     env = script_env(demo_shards, tmp_path, SPP_CLS_EXPERIMENT="t", PYTHONPATH=str(Path(__file__).parent),
                      MASTER_ADDR="127.0.0.1")
-    job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", "2", "--config", str(probe_config), nodes=2)
+    job_id = submit_fit_sbatch(env, tmp_path, "--trainer.max_epochs", "2", "--config", str(config), nodes=2)
 
     record = wait_until_done(job_id, timeout=180, logs=tmp_path)[0]
     text = (tmp_path / f"fit-{job_id}.out").read_text()
@@ -36,7 +42,7 @@ def test_fit_sbatch_on_two_nodes_trains_one_ddp_run_of_four_ranks(slurm_two_node
     assert "zf5_spp_multi.yaml on 2 node(s) x 2 task(s), 1 CPU(s) and 0 loader worker(s) per task, nodes node[1-2]" \
         in text
 
-    records = [json.loads(line) for path in sorted(probe.glob("rank*.jsonl")) for line in path.read_text().splitlines()]
+    records = probe_records(probe)
     # Lightning saw one world of 4 ranks on 2 nodes, ranks 0-1 on node1 and 2-3 on node2, in fit and in test
     assert {(r["rank"], r["world"], r["num_nodes"], r["node_rank"], r["node"]) for r in records} == {
         (0, 4, 2, 0, "node1"), (1, 4, 2, 0, "node1"), (2, 4, 2, 1, "node2"), (3, 4, 2, 1, "node2")}

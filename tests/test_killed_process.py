@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Launched, cpu_args, error_lines, loader_workers_of, wait_for
+from helpers import Launched, cpu_args, error_lines, loader_workers_of, probe_config, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 SPP_CLS = str(Path(sys.executable).with_name("spp-cls"))
@@ -20,15 +20,10 @@ ENDED_WITHIN_S = 45
 RERUN = "run the same command again to resume from the last checkpoint"
 
 
-def fit_command(shards: Path, tmp_path: Path, hold: str, *extra: str, seconds: int = 4) -> list[str]:
-    """`spp-cls fit` on 2 ranks with fit_probe.RankProbe (each rank's pid) and fit_probe.HoldOnce(``hold``), which holds
-    rank 0 for ``seconds``."""
-    config = tmp_path / "probe.yaml"
-    config.write_text(
-        "trainer:\n  callbacks:\n"
-        f"    - class_path: fit_probe.RankProbe\n      init_args:\n        out_dir: {tmp_path / 'probe'}\n"
-        f"    - class_path: fit_probe.HoldOnce\n      init_args:\n        marker: {tmp_path / 'held'}\n"
-        f"        seconds: {seconds}\n        {hold}\n")
+def fit_command(shards: Path, tmp_path: Path, hold: dict[str, object], *extra: str) -> list[str]:
+    """`spp-cls fit` on 2 ranks with fit_probe.RankProbe (each rank's pid) and fit_probe.HoldOnce(marker `held`,
+    ``hold``)."""
+    config = probe_config(tmp_path / "probe.yaml", tmp_path / "probe", {"marker": tmp_path / "held", **hold})
     return [SPP_CLS, "fit", *cpu_args(shards, tmp_path / "runs", "--config", str(config), "--trainer.devices", "2",
                                       "--trainer.strategy", "ddp", "--data.num_workers", "1", "--wandb", "false",
                                       *extra)]
@@ -52,7 +47,8 @@ def end_of(launched: Launched, killed_at: float) -> tuple[int, str]:
 def test_a_rank_killed_mid_validation_ends_the_run_with_one_line_and_leaves_its_checkpoint(
         demo_shards: Path, tmp_path: Path) -> None:
     # rank 0 holds the first batch of epoch 1's validation (epoch 0 is checkpointed); rank 1 is validating too
-    command = fit_command(demo_shards, tmp_path, "where: validation\n        epoch: 1", "--trainer.max_epochs", "2")
+    command = fit_command(demo_shards, tmp_path, {"seconds": 4, "where": "validation", "epoch": 1},
+                          "--trainer.max_epochs", "2")
     launched = Launched([(command, env())], tmp_path / "logs-killed")
     wait_for((tmp_path / "held").exists, RUN_TIMEOUT_S, "the held validation batch", launched)
     victim = int((tmp_path / "probe" / "rank1.pid").read_text())
@@ -67,8 +63,8 @@ def test_a_rank_killed_mid_validation_ends_the_run_with_one_line_and_leaves_its_
 
 def test_a_killed_loader_worker_ends_the_run_with_one_line_naming_it(demo_shards: Path, tmp_path: Path) -> None:
     # batches of 2: 15 steps an epoch, so rank 1 asks its worker for more than it had made before it was killed
-    command = fit_command(demo_shards, tmp_path, "where: train\n        epoch: 0", "--trainer.max_epochs", "1",
-                          "--data.batch_size", "2", seconds=6)
+    command = fit_command(demo_shards, tmp_path, {"seconds": 6, "where": "train", "epoch": 0},
+                          "--trainer.max_epochs", "1", "--data.batch_size", "2")
     launched = Launched([(command, env())], tmp_path / "logs")
     wait_for((tmp_path / "held").exists, RUN_TIMEOUT_S, "the held first step", launched)
     rank1 = int((tmp_path / "probe" / "rank1.pid").read_text())

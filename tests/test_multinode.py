@@ -25,6 +25,8 @@ from helpers import (
     error_lines,
     free_port,
     offline_run_ids,
+    probe_config,
+    probe_records,
     read_summary,
     shard_keys,
     wait_for,
@@ -43,18 +45,10 @@ ENDED_WITHIN_S = 60
 gloo errors at once)."""
 
 
-def probe_config(tmp_path: Path, hold: str = "") -> Path:
-    """A config that adds fit_probe.RankProbe (what each rank did) and, given ``hold``, fit_probe.HoldOnce."""
-    callbacks = [f"    - class_path: fit_probe.RankProbe\n      init_args:\n        out_dir: {tmp_path / 'probe'}\n"]
-    if hold:
-        callbacks.append(f"    - class_path: fit_probe.HoldOnce\n      init_args:\n        {hold}\n")
-    path = tmp_path / "probe.yaml"
-    path.write_text("trainer:\n  callbacks:\n" + "".join(callbacks))
-    return path
-
-
-def node_args(shards: Path, tmp_path: Path, hold: str = "", workers: int = 1) -> list[str]:
-    return cpu_args(shards, tmp_path / "runs", "--config", str(probe_config(tmp_path, hold)), "--trainer.num_nodes",
+def node_args(shards: Path, tmp_path: Path, hold: dict[str, object] | None = None, workers: int = 1) -> list[str]:
+    """The test config at CPU scale as 2 nodes x 2 ranks, with fit_probe.RankProbe and, given ``hold``, HoldOnce."""
+    config = probe_config(tmp_path / "probe.yaml", tmp_path / "probe", hold)
+    return cpu_args(shards, tmp_path / "runs", "--config", str(config), "--trainer.num_nodes",
                     str(NODES), "--trainer.devices", str(RANKS_PER_NODE), "--trainer.strategy", "ddp",
                     "--data.batch_size", "4", "--data.num_workers", str(workers), "--trainer.max_epochs", "2")
 
@@ -74,11 +68,6 @@ def lightning_nodes(command: str, args: list[str], port: int) -> list[tuple[list
                                          "MASTER_PORT": str(port)}) for node in range(NODES)]
 
 
-def records(tmp_path: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted((tmp_path / "probe").glob("rank*.jsonl"))
-            for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def torchrun_run(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`fit` (2 epochs) then `test`, each as 2 torchrun nodes, loading in the ranks (the other test has loader
@@ -93,7 +82,7 @@ def torchrun_run(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_torchrun_nodes_split_every_epoch_over_four_ranks_count_each_image_once_and_write_once(
         torchrun_run: Path, demo_shards: Path) -> None:
-    seen = records(torchrun_run)
+    seen = probe_records(torchrun_run / "probe")
     fit = [r for r in seen if r["stage"] == "fit"]
     run = torchrun_run / "runs" / "t" / "zf5-spp_multi"
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -134,8 +123,7 @@ def test_torchrun_nodes_split_every_epoch_over_four_ranks_count_each_image_once_
 def test_a_rank_killed_mid_epoch_ends_every_node_with_one_line_each_and_the_rerun_equals_an_uninterrupted_run(
         torchrun_run: Path, demo_shards: Path, tmp_path: Path) -> None:
     marker = tmp_path / "held"
-    hold = f"marker: {marker}\n        seconds: 4\n        where: train\n        epoch: 1"
-    args = node_args(demo_shards, tmp_path, hold)
+    args = node_args(demo_shards, tmp_path, {"marker": marker, "seconds": 4, "where": "train", "epoch": 1})
     nodes = lightning_nodes("fit", args, free_port())
     launched = Launched(nodes, tmp_path / "logs-killed")
     # rank 0 holds the first step of epoch 1 (epoch 0 is checkpointed); the others wait in its gradient all-reduce
